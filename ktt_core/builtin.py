@@ -1,0 +1,59 @@
+"""The core's own plugin: the default answer to every hook, for every model.
+
+Registered first and marked ``trylast``, so any model plugin that implements a hook for
+its own model is asked before these.
+"""
+from __future__ import annotations
+
+from ktt_core import hookimpl
+from ktt_core.encoders import encoder_from_config, load_pretrained, tokenizer_from_files
+from ktt_core.errors import KttError
+from ktt_core.hierarchy import Hierarchy
+from ktt_core.model import KttModel
+
+
+@hookimpl(trylast=True)
+def ktt_build_model(spec, hierarchy, config):
+    encoder, tokenizer = load_pretrained(config["encoder"], config["allow_download"])
+    head = spec.head(hierarchy, config, encoder.config.hidden_size)
+    return KttModel(spec.name, hierarchy, config, encoder, tokenizer, head)
+
+
+@hookimpl(trylast=True)
+def ktt_model_from_checkpoint(spec, checkpoint):
+    hierarchy = Hierarchy.from_dict(checkpoint["hierarchy"], source=checkpoint["path"])
+    config = checkpoint["config"]
+    encoder = encoder_from_config(checkpoint["encoder_config_json"])
+    tokenizer = tokenizer_from_files(checkpoint["tokenizer_files"])
+    head = spec.head(hierarchy, config, encoder.config.hidden_size)
+    model = KttModel(spec.name, hierarchy, config, encoder, tokenizer, head)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise KttError(f"{checkpoint['path']}: weights do not fit model {spec.name} ({first})") from None
+    model._tokenizer_files = checkpoint["tokenizer_files"]
+    return model
+
+
+@hookimpl(trylast=True)
+def ktt_fit(model, train, val, run):
+    from ktt_core.training import fit
+
+    return fit(model, train, val, run)
+
+
+@hookimpl(trylast=True)
+def ktt_test(model, data, run):
+    from ktt_core.inference import predict
+
+    model.to(run.device)
+    return predict(model, data, desc="test")
+
+
+@hookimpl(trylast=True)
+def ktt_reference_set(model, data, run):
+    from ktt_core.inference import reference_set
+
+    model.to(run.device)
+    return reference_set(model, data)

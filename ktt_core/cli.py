@@ -1,0 +1,286 @@
+"""The ``ktt`` command line: one small function per command, calling the core modules."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ktt_core.errors import KttError
+
+
+class KttGroup(click.Group):
+    """Turns :class:`KttError` into a one-line message and exit status 1, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KttError as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+
+def _workspace(ctx):
+    from ktt_core.workspace import Workspace
+
+    return Workspace(ctx.obj["workspace"])
+
+
+def _plugins():
+    from ktt_core.plugins import get_plugins
+
+    return get_plugins()
+
+
+def _split_list(value: str, what: str) -> list[str]:
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    if not items:
+        raise KttError(f"{what}: expected a comma-separated list, got {value!r}")
+    return items
+
+
+@click.group(cls=KttGroup)
+@click.option("--workspace", "-w", type=click.Path(file_okay=False), envvar="KTT_HOME", default=".",
+              show_default=True, help="Folder holding datasets/ and runs/ (env KTT_HOME).")
+@click.version_option(package_name="ktt-core")
+@click.pass_context
+def cli(ctx, workspace):
+    """KTT: hierarchical text classification with transformer encoders."""
+    ctx.ensure_object(dict)
+    ctx.obj["workspace"] = workspace
+
+
+# -- plugins and models -------------------------------------------------------------------
+@cli.command("list-models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def list_models(as_json):
+    """List the models that installed plugins provide."""
+    plugins = _plugins()
+    rows = [{"name": s.name, "display_name": s.display_name, "plugin": s.plugin,
+             "version": s.plugin_version, "capabilities": list(s.capabilities),
+             "description": s.description} for s in sorted(plugins.models.values(), key=lambda s: s.name)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No models installed. Install a model plugin, e.g.: pip install ./plugins/ktt-db-linear")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "display name", "plugin", "version", "capabilities")
+    for r in rows:
+        table.add_row(r["name"], r["display_name"], r["plugin"], r["version"], ", ".join(r["capabilities"]))
+    Console().print(table)
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def list_plugins(as_json):
+    """List loaded plugins, their models and the hooks they implement."""
+    plugins = _plugins()
+    rows = []
+    for info in plugins.info:
+        module = plugins.pm.get_plugin(info.name)
+        hooks = sorted(h.name for h in plugins.pm.get_hookcallers(module)) if module else []
+        models = sorted(s.name for s in plugins.models.values() if s.plugin == info.package)
+        rows.append({"name": info.name, "package": info.package, "version": info.version,
+                     "models": models, "hooks": hooks, "error": info.error})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state = f"FAILED: {r['error']}" if r["error"] else f"models: {', '.join(r['models']) or '-'}"
+        click.echo(f"{r['name']} ({r['package']} {r['version']})  {state}  hooks: {', '.join(r['hooks'])}")
+    if not rows:
+        click.echo("No plugins loaded.")
+
+
+# -- import -------------------------------------------------------------------------------
+@cli.command("import")
+@click.argument("args", nargs=-1, required=True, metavar="[SOURCE] NAME")
+@click.option("--text", "text_column", required=True, help="Column holding the text.")
+@click.option("--labels", "label_columns", required=True,
+              help="Column holding the label path, or comma list of one column per level.")
+@click.option("--sep", default=None, help="Separator of levels inside a label string, e.g. ' > '.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "tsv", "json", "jsonl", "parquet", "arrow"]),
+              default=None, help="File format (default: from the extension).")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/TSV/JSON files.")
+@click.option("--sql-url", default=None, help="SQLAlchemy database URL, e.g. sqlite:///shop.db.")
+@click.option("--query", default=None, help="SQL query returning the text and label columns.")
+@click.option("--depth", type=click.IntRange(min=1), default=None, help="Keep only the first N levels.")
+@click.option("--split-ratios", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions.")
+@click.option("--split", "split_method", type=click.Choice(["stratified", "random"]), default="stratified",
+              show_default=True, help="Stratify by label path, or cut a seeded shuffle.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep-duplicates", is_flag=True, help="Keep repeated and conflicting rows.")
+@click.option("--drop-invalid", is_flag=True, help="Drop (and count) rows with empty text or labels instead of failing.")
+@click.option("--force", is_flag=True, help="Replace an existing dataset of the same name.")
+@click.pass_context
+def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, query, depth,
+            split_ratios, split_method, seed, keep_duplicates, drop_invalid, force):
+    """Import a file (CSV, TSV, JSON, JSONL, Parquet, Arrow) or a SQL query as dataset NAME."""
+    from ktt_core.data import importers
+    from ktt_core.data.datasets import write_dataset
+    from ktt_core.workspace import check_name
+
+    if sql_url or query:
+        if not (sql_url and query):
+            raise KttError("SQL import needs both --sql-url and --query")
+        if len(args) != 1:
+            raise KttError("with --sql-url, give only the dataset NAME (no SOURCE file)")
+        source, name = None, args[0]
+    elif len(args) != 2:
+        raise KttError("expected SOURCE NAME (a file and a dataset name), or NAME with --sql-url/--query")
+    else:
+        source, name = args
+    check_name(name, "dataset")
+    ratios = _parse_ratios(split_ratios)
+    target = _workspace(ctx).datasets / name
+    if target.exists() and not force:
+        raise KttError(f"dataset '{name}' already exists in {target.parent}; pass --force to replace it")
+    table = importers.read_table(source, fmt=fmt, encoding=encoding, sql_url=sql_url, query=query)
+    result = importers.extract_records(
+        table, text_column=text_column, label_columns=_split_list(label_columns, "--labels"),
+        sep=sep, depth=depth, drop_invalid=drop_invalid,
+        source=source if source else f"sql:{sql_url}")
+    options = {"text": text_column, "labels": label_columns, "sep": sep, "depth": depth,
+               "split_ratios": ratios, "split": split_method, "seed": seed,
+               "keep_duplicates": keep_duplicates, "drop_invalid": drop_invalid, "query": query}
+    report = write_dataset(target, result, ratios=ratios, seed=seed, split=split_method,
+                           keep_duplicates=keep_duplicates, force=force, options=options)
+    click.echo(f"Imported '{name}' from {result.source} into {target}")
+    click.echo(f"  rows read: {report.rows_read}, kept: {report.kept}")
+    for why, n in report.dropped.items():
+        click.echo(f"  dropped {n} rows: {why}")
+    if report.padded_short_paths:
+        click.echo(f"  {report.padded_short_paths} rows have fewer levels than the deepest "
+                   f"({len(report.classes_per_level)}); padded with placeholder nodes (kept)")
+    click.echo("  classes per level: " + ", ".join(
+        f"level {d + 1}: {n}" for d, n in enumerate(report.classes_per_level)))
+    click.echo("  split ({}): {}".format("stratified by path" if report.stratified else "random",
+                                         ", ".join(f"{k} {v}" for k, v in report.split_rows.items())))
+
+
+def _parse_ratios(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise KttError(f"--split-ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
+    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
+        raise KttError(f"--split-ratios {text!r}: expected three non-negative fractions summing to 1, "
+                       "train > 0")
+    return values
+
+
+# -- train --------------------------------------------------------------------------------
+@cli.command()
+@click.argument("models")
+@click.argument("datasets")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON or YAML file of hyperparameters.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one hyperparameter.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--dry-run", is_flag=True, help="Check data, config and model, print the plan, train nothing.")
+@click.option("--reference", is_flag=True, help="Also write the drift reference set (reference.parquet).")
+@click.pass_context
+def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference):
+    """Train MODELS (comma list) on DATASETS (comma list)."""
+    from ktt_core import jobs
+    from ktt_core.config import parse_set_options, read_config_file
+
+    layers = []
+    if config_file:
+        layers.append((config_file, read_config_file(config_file)))
+    if sets:
+        layers.append(("--set", parse_set_options(sets)))
+    options = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    if options:
+        layers.append(("options", options))
+    ws = _workspace(ctx)
+    plugins = _plugins()
+    jobs = [(plugins.model(m), d) for m in _split_list(models, "MODELS") for d in _split_list(datasets, "DATASETS")]
+    for _, d in jobs:
+        ws.dataset_dir(d)  # fail on an unknown dataset before any training starts
+    for spec, dataset in jobs:
+        jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
+                      reference=reference, echo=click.echo)
+
+
+# -- test / predict ------------------------------------------------------------------------
+def _checkpoint_options(f):
+    f = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                     help="Checkpoint file to use.")(f)
+    f = click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+                     help="Run folder (its best.pt) to use; default: the latest run.")(f)
+    f = click.option("--device", default="auto", show_default=True)(f)
+    return f
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@_checkpoint_options
+@click.option("--split", "split_name", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.pass_context
+def test(ctx, model, dataset, checkpoint, run_dir, device, split_name, as_json):
+    """Evaluate a trained MODEL on DATASET's test split; prints and saves the metrics."""
+    from ktt_core import jobs
+
+    metrics, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
+                                  device, split_name)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        _print_metrics(metrics, f"{model} on {dataset} ({split_name})")
+        click.echo(f"Saved to {saved}")
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", "value", title=title)
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+        elif isinstance(value, (int, str)):
+            table.add_row(key, str(value))
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@click.argument("texts", nargs=-1, required=True)
+@_checkpoint_options
+@click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Show the N best paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per text.")
+@click.pass_context
+def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, top_k, as_json):
+    """Predict the label path of TEXTS with a trained MODEL."""
+    from ktt_core import jobs
+
+    for text, result in zip(texts, jobs.predict(_workspace(ctx), _plugins(), model, dataset, run_dir,
+                                                   checkpoint, device, list(texts), top_k)):
+        if as_json:
+            click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
+            continue
+        click.echo(text)
+        click.echo("  " + " > ".join(f"{lv['label']} ({lv['score']:.3f})" for lv in result["levels"]))
+        for rank, alt in enumerate(result["top_k"] or [], 1):
+            click.echo(f"  {rank}. {' > '.join(alt['path'])}  {alt['score']:.3f}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(prog_name="ktt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Hyperparameters: core defaults < model defaults < --config file < --set / options.
+
+Every key is typed by its default value; an unknown key or a value of the wrong type is
+refused with a message that names the key and where it came from.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ktt_core.errors import KttError
+from ktt_core.registry import ModelSpec
+
+#: Keys every model has. Model plugins override values and may add keys of their own.
+CORE_DEFAULTS: dict[str, Any] = {
+    "encoder": "all-MiniLM-L6-v2",   # packaged default; any HF name or local folder works
+    "pooling": "mean",               # mean | cls: how token states become one text vector
+    "max_length": 64,                # tokens per text
+    "train_batch_size": 32,
+    "eval_batch_size": 64,
+    "epochs": 3,
+    "encoder_lr": 1e-5,
+    "classifier_lr": 1e-5,
+    "weight_decay": 0.0,
+    "scheduler": "constant",         # constant | linear (warm-up then linear decay)
+    "warmup_ratio": 0.0,
+    "grad_clip": 1.0,                # max gradient norm; 0 disables clipping
+    "seed": 0,
+    "monitor": "exact_path_accuracy",  # validation metric that picks best.pt (or "loss")
+    "reference_features": 24,        # pooled feature width in reference sets
+    "allow_download": False,         # let the encoder be fetched from the Hugging Face Hub
+}
+
+CHOICES = {
+    "pooling": ("mean", "cls"),
+    "scheduler": ("constant", "linear"),
+    "monitor": ("exact_path_accuracy", "hierarchical_f1", "leaf_accuracy", "leaf_weighted_precision",
+                "leaf_auprc_micro", "loss"),
+}
+POSITIVE = {"max_length", "train_batch_size", "eval_batch_size", "epochs", "reference_features",
+            "encoder_lr", "classifier_lr"}
+FRACTIONS = {"dropout", "warmup_ratio", "label_smoothing"}  # in [0, 1)
+
+
+def defaults_for(spec: ModelSpec) -> dict[str, Any]:
+    return {**CORE_DEFAULTS, **spec.defaults}
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """Read a JSON or YAML mapping of hyperparameters."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KttError(f"{path}: no such config file") from None
+    except UnicodeDecodeError:
+        raise KttError(f"{path}: config file is not UTF-8 text") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise KttError(f"{path}: cannot parse config: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KttError(f"{path}: a config file must hold a mapping of key: value")
+    return data
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``key=value`` strings to a dict; values are parsed as YAML scalars (1e-5, true, 3)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise KttError(f"--set {item!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def resolve_config(spec: ModelSpec, layers: list[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Merge ``layers`` (``(origin, mapping)``, lowest priority first) over the defaults."""
+    config = defaults_for(spec)
+    for origin, values in layers:
+        for key, value in values.items():
+            if key not in config:
+                known = ", ".join(sorted(config))
+                raise KttError(f"{origin}: unknown key '{key}' for model {spec.name}; known keys: {known}")
+            config[key] = coerce(key, value, config[key], origin)
+    return config
+
+
+def coerce(key: str, value: Any, default: Any, origin: str) -> Any:
+    """Check ``value`` against the type of ``default`` and the key's range."""
+    def fail(expected: str):
+        raise KttError(f"{origin}: key '{key}' must be {expected}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            fail("true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+    elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str) or not value:
+            fail("a non-empty string")
+    if key in CHOICES and value not in CHOICES[key]:
+        fail(" or ".join(CHOICES[key]))
+    if key in POSITIVE and value <= 0:
+        fail("positive")
+    if key in FRACTIONS and not 0 <= value < 1:
+        fail("in [0, 1)")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        fail("non-negative")
+    return value

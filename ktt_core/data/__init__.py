@@ -1,0 +1,1 @@
+"""Getting data in: importers (files, SQL), splitting, tokenized batches."""

@@ -1,0 +1,123 @@
+"""What the commands do, apart from parsing and printing: train, test, predict.
+
+Each job calls the plugin hooks, so a plugin that implements one for its model is used.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from ktt_core.checkpoint import load_checkpoint
+from ktt_core.config import resolve_config
+from ktt_core.data.batches import encode_texts
+from ktt_core.data.datasets import Dataset
+from ktt_core.decoding import describe
+from ktt_core.devices import resolve_device, seed_everything
+from ktt_core.errors import KttError
+from ktt_core.files import atomic_write_json
+from ktt_core.metrics import compute_metrics
+from ktt_core.registry import ModelSpec
+from ktt_core.training import RunContext
+from ktt_core.workspace import Workspace
+
+
+def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
+          dry_run: bool = False, reference: bool = False, echo: Callable = print) -> Path | None:
+    """Train ``spec`` on a dataset; returns the run folder (None for a dry run)."""
+    config = resolve_config(spec, layers)
+    dataset = Dataset(ws.dataset_dir(dataset_name))
+    device = resolve_device(device)
+    seed_everything(config["seed"])
+    model = plugins.hook.ktt_build_model(spec=spec, hierarchy=dataset.hierarchy, config=config)
+    train_df, val_df = dataset.split("train"), dataset.split("val")
+    if len(train_df) == 0 or len(val_df) == 0:
+        raise KttError(f"dataset '{dataset_name}' needs rows in train and val; re-import with other --split-ratios")
+    encode = lambda df: encode_texts(df["text"], model.tokenizer, config["max_length"],  # noqa: E731
+                                     dataset.hierarchy, df["path"])
+    train_split, val_split = encode(train_df), encode(val_df)
+    n_params = sum(p.numel() for p in model.parameters())
+    echo(f"{spec.name} on {dataset_name}: {len(train_split)} train / {len(val_split)} val rows, "
+         f"{dataset.hierarchy.summary()}, {n_params / 1e6:.1f}M parameters, encoder {config['encoder']}, "
+         f"device {device}")
+    if dry_run:
+        echo("dry run: config " + json.dumps(config))
+        return None
+    run_dir = ws.new_run_dir(spec.name, dataset_name)
+    atomic_write_json(run_dir / "config.json", {"model": spec.name, "dataset": dataset_name,
+                                                "plugin": spec.plugin, "plugin_version": spec.plugin_version,
+                                                "config": config})
+    started = time.perf_counter()
+    run = RunContext(run_dir, device, config["epochs"], config["seed"], echo)
+    history = plugins.hook.ktt_fit(model=model, train=train_split, val=val_split, run=run)
+    minutes = (time.perf_counter() - started) / 60
+    best_epoch = max((r["epoch"] for r in history if r["best"]), default="-")
+    echo(f"trained in {minutes:.1f} min; best epoch {best_epoch}; run folder {run_dir}")
+    if reference:
+        best_model = load_model(plugins, spec.name, run_dir / "best.pt").to(device)
+        frame = plugins.hook.ktt_reference_set(model=best_model, data=val_split, run=run)
+        from ktt_core.files import atomic_path
+
+        with atomic_path(run_dir / "reference.parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
+        echo(f"reference set ({len(frame)} rows) written to {run_dir / 'reference.parquet'}")
+    return run_dir
+
+
+def resolve_checkpoint(ws: Workspace, model: str, dataset: str, run_dir: str | None,
+                       checkpoint: str | None) -> Path:
+    if checkpoint and run_dir:
+        raise KttError("give --run or --checkpoint, not both")
+    if checkpoint:
+        return Path(checkpoint)
+    if run_dir:
+        path = Path(run_dir) / "best.pt"
+        if not path.is_file():
+            raise KttError(f"--run {run_dir}: no best.pt in that folder")
+        return path
+    return ws.latest_run(model, dataset) / "best.pt"
+
+
+def load_model(plugins, model_name: str, path: Path):
+    """Rebuild a model from its checkpoint, refusing one that holds another model."""
+    spec = plugins.model(model_name)
+    checkpoint = load_checkpoint(path)
+    if checkpoint["model"] != model_name:
+        raise KttError(f"{path}: checkpoint holds a {checkpoint['model']} model, not {model_name}")
+    return plugins.hook.ktt_model_from_checkpoint(spec=spec, checkpoint=checkpoint)
+
+
+def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
+         split_name: str = "test") -> tuple[dict, Path]:
+    """Metrics of a trained model on a dataset split; saved beside the checkpoint."""
+    dataset = Dataset(ws.dataset_dir(dataset_name))
+    path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
+    model = load_model(plugins, model_name, path)
+    df = dataset.split(split_name)
+    unknown = sorted({p for p in df["path"]} - {model.hierarchy.leaf_path(i) for i in range(model.hierarchy.n_leaves)})
+    if unknown:
+        raise KttError(f"dataset '{dataset_name}' {split_name} split has {len(unknown)} label paths the model "
+                       f"was not trained on, e.g. {' > '.join(unknown[0])!r}")
+    data = encode_texts(df["text"], model.tokenizer, model.config["max_length"], model.hierarchy, df["path"])
+    run = RunContext(None, resolve_device(device))
+    predictions = plugins.hook.ktt_test(model=model, data=data, run=run)
+    metrics = {"model": model_name, "dataset": dataset_name, "split": split_name, "checkpoint": str(path),
+               **compute_metrics(model.hierarchy, data.targets, predictions.level_ids, predictions.path_probs),
+               "loss": predictions.loss}
+    saved = path.parent / f"{split_name}_metrics.json"
+    atomic_write_json(saved, metrics)
+    return metrics, saved
+
+
+def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
+            texts: list[str], top_k: int = 1) -> list[dict]:
+    """Predicted path, per-level scores and the ``top_k`` best paths of each text."""
+    for i, text in enumerate(texts, 1):
+        if not text.strip():
+            raise KttError(f"text {i} is empty")
+    path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
+    model = load_model(plugins, model_name, path)
+    data = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
+    predictions = plugins.hook.ktt_test(model=model, data=data, run=RunContext(None, resolve_device(device)))
+    return [describe(model.hierarchy, row, top_k) for row in predictions.path_probs]
