@@ -202,10 +202,10 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
         layers.append(("options", options))
     ws = _workspace(ctx)
     plugins = _plugins()
-    jobs = [(plugins.model(m), d) for m in _split_list(models, "MODELS") for d in _split_list(datasets, "DATASETS")]
-    for _, d in jobs:
+    plan = [(plugins.model(m), d) for m in _split_list(models, "MODELS") for d in _split_list(datasets, "DATASETS")]
+    for _, d in plan:
         ws.dataset_dir(d)  # fail on an unknown dataset before any training starts
-    for spec, dataset in jobs:
+    for spec, dataset in plan:
         jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
                       reference=reference, echo=click.echo)
 

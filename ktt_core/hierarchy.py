@@ -138,7 +138,8 @@ class Hierarchy:
 
     def encode_many(self, paths: Iterable[Sequence[str]]) -> np.ndarray:
         """(N, depth) local class ids; KttError names the first unknown path."""
-        return np.stack([self.encode(p) for p in paths]) if paths else np.empty((0, self.depth), np.int64)
+        rows = [self.encode(p) for p in paths]
+        return np.stack(rows) if rows else np.empty((0, self.depth), np.int64)
 
     def leaf_path(self, leaf: int) -> tuple[str, ...]:
         """The real (unpadded) label path of a leaf."""

