@@ -144,7 +144,7 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     result = importers.extract_records(
         table, text_column=text_column, label_columns=_split_list(label_columns, "--labels"),
         sep=sep, depth=depth, drop_invalid=drop_invalid,
-        source=source if source else f"sql:{sql_url}")
+        source=source if source else importers.sql_source_name(sql_url))
     options = {"text": text_column, "labels": label_columns, "sep": sep, "depth": depth,
                "split_ratios": ratios, "split": split_method, "seed": seed,
                "keep_duplicates": keep_duplicates, "drop_invalid": drop_invalid, "query": query}

@@ -222,6 +222,16 @@ def _read_arrow(path) -> pd.DataFrame:
         raise KttError(f"{path}: cannot read as Arrow/Feather: {_one_line(first)}") from first
 
 
+def sql_source_name(sql_url: str) -> str:
+    """How a SQL source is named in messages: its URL with any password hidden."""
+    import sqlalchemy as sa
+
+    try:
+        return "sql:" + sa.engine.make_url(sql_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "sql:?"
+
+
 def _read_sql(sql_url, query) -> pd.DataFrame:
     import sqlalchemy as sa
 
@@ -232,7 +242,7 @@ def _read_sql(sql_url, query) -> pd.DataFrame:
     except sa.exc.ArgumentError as exc:
         raise KttError(f"--sql-url {sql_url!r}: not a valid database URL "
                        f"(expected e.g. sqlite:///shop.db): {_one_line(exc)}") from exc
-    name = "sql:" + url.render_as_string(hide_password=True)
+    name = sql_source_name(sql_url)
     if query is None or not str(query).strip():
         raise KttError(f"{name}: --query is required with --sql-url")
     # SQLite would silently create a missing database file; a typo should be an error.
