@@ -18,6 +18,7 @@ from ktt_core.devices import resolve_device, seed_everything
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_write_json
 from ktt_core.metrics import compute_metrics
+from ktt_core.plots import plot_training
 from ktt_core.registry import ModelSpec
 from ktt_core.training import RunContext
 from ktt_core.workspace import Workspace
@@ -54,6 +55,8 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
     minutes = (time.perf_counter() - started) / 60
     best_epoch = max((r["epoch"] for r in history if r["best"]), default="-")
     echo(f"trained in {minutes:.1f} min; best epoch {best_epoch}; run folder {run_dir}")
+    if plot_training(run_dir / "metrics.jsonl", run_dir / "training.png"):
+        echo(f"training curves: {run_dir / 'training.png'}")
     if reference:
         best_model = load_model(plugins, spec.name, run_dir / "best.pt").to(device)
         frame = plugins.hook.ktt_reference_set(model=best_model, data=val_split, run=run)

@@ -40,7 +40,9 @@ def test_import_from_real_sqlite_database(ktt, tmp_path, workspace):
 
 
 def test_train_test_predict_end_to_end(ktt, trained, workspace):
-    assert {"best.pt", "last.pt", "metrics.jsonl", "config.json"} <= {p.name for p in trained.iterdir()}
+    assert {"best.pt", "last.pt", "metrics.jsonl", "config.json", "training.png"} <= \
+        {p.name for p in trained.iterdir()}
+    assert (trained / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     epochs = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
