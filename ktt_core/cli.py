@@ -186,18 +186,24 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--dry-run", is_flag=True, help="Check data, config and model, print the plan, train nothing.")
 @click.option("--reference", is_flag=True, help="Also write the drift reference set (reference.parquet).")
+@click.option("--freeze-encoder", is_flag=True, default=None,
+              help="Train the head only, on encoder features computed once and cached.")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.pass_context
-def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference):
+def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference,
+          freeze_encoder, compile_):
     """Train MODELS (comma list) on DATASETS (comma list)."""
     from ktt_core import jobs
     from ktt_core.config import parse_set_options, read_config_file
+    from ktt_core.distributed import shutdown
 
     layers = []
     if config_file:
         layers.append((config_file, read_config_file(config_file)))
     if sets:
         layers.append(("--set", parse_set_options(sets)))
-    options = {k: v for k, v in {"epochs": epochs, "seed": seed}.items() if v is not None}
+    options = {k: v for k, v in {"epochs": epochs, "seed": seed, "freeze_encoder": freeze_encoder,
+                                 "compile": compile_}.items() if v is not None}
     if options:
         layers.append(("options", options))
     ws = _workspace(ctx)
@@ -205,9 +211,12 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
     plan = [(plugins.model(m), d) for m in _split_list(models, "MODELS") for d in _split_list(datasets, "DATASETS")]
     for _, d in plan:
         ws.dataset_dir(d)  # fail on an unknown dataset before any training starts
-    for spec, dataset in plan:
-        jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
-                      reference=reference, echo=click.echo)
+    try:
+        for spec, dataset in plan:
+            jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
+                       reference=reference, echo=click.echo)
+    finally:
+        shutdown()
 
 
 # -- test / predict ------------------------------------------------------------------------
@@ -257,15 +266,34 @@ def _print_metrics(metrics: dict, title: str) -> None:
 @cli.command()
 @click.argument("model")
 @click.argument("dataset")
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1, required=False)
 @_checkpoint_options
 @click.option("--top-k", type=click.IntRange(min=1), default=1, show_default=True, help="Show the N best paths.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per text.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None,
+              help="Predict every text of this file (CSV, TSV, JSONL, Parquet, Arrow) instead of TEXTS.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
+              help="With --input: write the predictions here (.csv, .tsv, .jsonl, .parquet).")
+@click.option("--text", "text_column", default="text", show_default=True, help="With --input: the text column.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="With --input: rows read and predicted at a time.")
 @click.pass_context
-def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, top_k, as_json):
-    """Predict the label path of TEXTS with a trained MODEL."""
+def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, top_k, as_json, input_path, output_path,
+            text_column, chunk_size):
+    """Predict the label path of TEXTS, or of every text of an --input file, with a trained MODEL."""
     from ktt_core import jobs
 
+    if bool(texts) == bool(input_path):
+        raise KttError("give either TEXTS or --input FILE, not both" if texts else "give TEXTS or --input FILE")
+    if input_path:
+        if not output_path:
+            raise KttError("--input needs --output FILE (.csv, .tsv, .jsonl or .parquet)")
+        n = jobs.predict_file(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device,
+                              input_path, output_path, text_column, top_k, chunk_size)
+        click.echo(f"wrote {n} predictions to {output_path}")
+        return
+    if output_path:
+        raise KttError("--output goes with --input FILE; TEXTS are printed")
     for text, result in zip(texts, jobs.predict(_workspace(ctx), _plugins(), model, dataset, run_dir,
                                                    checkpoint, device, list(texts), top_k)):
         if as_json:

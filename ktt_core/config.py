@@ -32,11 +32,16 @@ CORE_DEFAULTS: dict[str, Any] = {
     "monitor": "exact_path_accuracy",  # validation metric that picks best.pt (or "loss")
     "reference_features": 24,        # pooled feature width in reference sets
     "allow_download": False,         # let the encoder be fetched from the Hugging Face Hub
+    "precision": "auto",             # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    "compile": False,                # torch.compile the model for training
+    "freeze_encoder": False,         # train the head only, on encoder features computed once
+    "group_by_length": True,         # batch texts of similar length together (less padding)
 }
 
 CHOICES = {
     "pooling": ("mean", "cls"),
     "scheduler": ("constant", "linear"),
+    "precision": ("auto", "fp32", "bf16"),
     "monitor": ("exact_path_accuracy", "hierarchical_f1", "leaf_accuracy", "leaf_weighted_precision",
                 "leaf_auprc_micro", "loss"),
 }

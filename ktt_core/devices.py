@@ -32,3 +32,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def use_bf16(device: torch.device, precision: str) -> bool:
+    """``auto`` means bf16 on CUDA GPUs that support it, fp32 elsewhere (CPU bf16 is opt-in)."""
+    if precision == "bf16":
+        return True
+    return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for forward passes (a no-op in fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device, precision))

@@ -1,4 +1,4 @@
-"""Running a model over texts: path scores, decoded predictions, reference sets."""
+"""Running a model over texts: path scores, decoded predictions, features, reference sets."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,30 +8,63 @@ from tqdm.auto import tqdm
 
 from ktt_core.data.batches import EncodedSplit, eval_loader
 from ktt_core.decoding import Predictions, decode
+from ktt_core.devices import autocast
+from ktt_core.distributed import SINGLE, Cluster
 from ktt_core.hierarchy import format_path
 
 
-def _batches(model, split: EncodedSplit, batch_size: int, desc: str):
+def _batches(model, split: EncodedSplit, batch_size: int, desc: str, cluster: Cluster = SINGLE):
     device = model.device
-    for batch in tqdm(eval_loader(split, batch_size), desc=desc, leave=False, disable=None):
-        yield batch, batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    loader = eval_loader(split, batch_size, cluster.rank, cluster.world, pin_memory=device.type == "cuda")
+    for batch in tqdm(loader, desc=desc, leave=False, disable=None if cluster.is_main else True):
+        yield (batch, batch["input_ids"].to(device, non_blocking=True),
+               batch["attention_mask"].to(device, non_blocking=True))
 
 
 @torch.inference_mode()
-def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str = "predict") -> Predictions:
-    """Decode ``split``; with known targets the mean loss is computed too."""
+def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str = "predict",
+            cluster: Cluster = SINGLE, forward=None) -> Predictions:
+    """Decode ``split``; with known targets the mean loss is computed too.
+
+    Across processes each rank scores its share of the rows and all ranks receive the
+    whole result. ``forward`` may replace ``model.forward`` (a compiled version).
+    """
     model.eval()
+    forward = forward or model
     batch_size = batch_size or model.config["eval_batch_size"]
-    scores = torch.empty((len(split), model.hierarchy.n_leaves), dtype=torch.float32)
+    precision = model.config.get("precision", "fp32")
     has_targets = len(split) > 0 and bool((split.targets >= 0).all())
     loss_sum = torch.zeros((), device=model.device)
-    for batch, ids, mask in _batches(model, split, batch_size, desc):
-        outputs = model(ids, mask)
-        scores[batch["rows"]] = model.head.path_log_scores(outputs).float().cpu()
-        if has_targets:
-            loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)) * len(ids)
-    loss = float(loss_sum) / len(split) if has_targets else None
-    return decode(model.hierarchy, scores.numpy(), loss)
+    rows, chunks = [], []
+    for batch, ids, mask in _batches(model, split, batch_size, desc, cluster):
+        with autocast(model.device, precision):
+            outputs = forward(ids, mask)
+            if has_targets:
+                loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)).float() * len(ids)
+        rows.append(batch["rows"])
+        chunks.append(model.head.path_log_scores(outputs).float())
+    local = (torch.cat(rows).numpy() if rows else np.empty(0, np.int64),
+             torch.cat(chunks).cpu().numpy() if chunks else np.empty((0, model.hierarchy.n_leaves), np.float32),
+             float(loss_sum))
+    scores = np.empty((len(split), model.hierarchy.n_leaves), dtype=np.float32)
+    total_loss = 0.0
+    for part_rows, part_scores, part_loss in cluster.gather(local):
+        scores[part_rows] = part_scores
+        total_loss += part_loss
+    loss = total_loss / len(split) if has_targets else None
+    return decode(model.hierarchy, scores, loss)
+
+
+@torch.inference_mode()
+def encoder_features(model, split: EncodedSplit, batch_size: int | None = None) -> torch.Tensor:
+    """(N, hidden) pooled encoder features of every row, in row order (for a frozen encoder)."""
+    model.eval()
+    batch_size = batch_size or model.config["eval_batch_size"]
+    out = torch.empty((len(split), model.hidden_size), dtype=torch.float32)
+    for batch, ids, mask in _batches(model, split, batch_size, "encode (frozen encoder)"):
+        with autocast(model.device, model.config.get("precision", "fp32")):
+            out[batch["rows"]] = model.encode(ids, mask).float().cpu()
+    return out
 
 
 @torch.inference_mode()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+
+import torch
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +18,8 @@ from ktt_core.data.datasets import Dataset
 from ktt_core.decoding import describe
 from ktt_core.devices import resolve_device, seed_everything
 from ktt_core.errors import KttError
-from ktt_core.files import atomic_write_json
+from ktt_core.distributed import cluster_from_env
+from ktt_core.files import atomic_path, atomic_write_json
 from ktt_core.metrics import compute_metrics
 from ktt_core.plots import plot_training
 from ktt_core.registry import ModelSpec
@@ -26,45 +29,54 @@ from ktt_core.workspace import Workspace
 
 def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
           dry_run: bool = False, reference: bool = False, echo: Callable = print) -> Path | None:
-    """Train ``spec`` on a dataset; returns the run folder (None for a dry run)."""
+    """Train ``spec`` on a dataset; returns the run folder (None for a dry run).
+
+    Under torchrun every process runs this; rank 0 alone prints and writes files.
+    """
     config = resolve_config(spec, layers)
     dataset = Dataset(ws.dataset_dir(dataset_name))
     device = resolve_device(device)
+    cluster = cluster_from_env(device)
+    if device.type == "cuda" and cluster.active:
+        device = torch.device("cuda", cluster.local_rank)
+    say = echo if cluster.is_main else (lambda *a, **k: None)
     seed_everything(config["seed"])
     model = plugins.hook.ktt_build_model(spec=spec, hierarchy=dataset.hierarchy, config=config)
     train_df, val_df = dataset.split("train"), dataset.split("val")
     if len(train_df) == 0 or len(val_df) == 0:
         raise KttError(f"dataset '{dataset_name}' needs rows in train and val; re-import with other --split-ratios")
+    cache_dir = dataset.directory / "cache"
     encode = lambda df: encode_texts(df["text"], model.tokenizer, config["max_length"],  # noqa: E731
-                                     dataset.hierarchy, df["path"])
+                                     dataset.hierarchy, df["path"], cache_dir=cache_dir)
     train_split, val_split = encode(train_df), encode(val_df)
     n_params = sum(p.numel() for p in model.parameters())
-    echo(f"{spec.name} on {dataset_name}: {len(train_split)} train / {len(val_split)} val rows, "
-         f"{dataset.hierarchy.summary()}, {n_params / 1e6:.1f}M parameters, encoder {config['encoder']}, "
-         f"device {device}")
+    say(f"{spec.name} on {dataset_name}: {len(train_split)} train / {len(val_split)} val rows, "
+        f"{dataset.hierarchy.summary()}, {n_params / 1e6:.1f}M parameters, encoder {config['encoder']}, "
+        f"device {device}" + (f", {cluster.world} processes" if cluster.active else ""))
     if dry_run:
-        echo("dry run: config " + json.dumps(config))
+        say("dry run: config " + json.dumps(config))
         return None
-    run_dir = ws.new_run_dir(spec.name, dataset_name)
-    atomic_write_json(run_dir / "config.json", {"model": spec.name, "dataset": dataset_name,
-                                                "plugin": spec.plugin, "plugin_version": spec.plugin_version,
-                                                "config": config})
+    run_dir = cluster.broadcast(ws.new_run_dir(spec.name, dataset_name) if cluster.is_main else None)
+    if cluster.is_main:
+        atomic_write_json(run_dir / "config.json", {"model": spec.name, "dataset": dataset_name,
+                                                    "plugin": spec.plugin, "plugin_version": spec.plugin_version,
+                                                    "processes": cluster.world, "config": config})
     started = time.perf_counter()
-    run = RunContext(run_dir, device, config["epochs"], config["seed"], echo)
+    run = RunContext(run_dir, device, config["epochs"], config["seed"], say, cluster, cache_dir)
     history = plugins.hook.ktt_fit(model=model, train=train_split, val=val_split, run=run)
+    if not cluster.is_main:
+        return run_dir
     minutes = (time.perf_counter() - started) / 60
     best_epoch = max((r["epoch"] for r in history if r["best"]), default="-")
-    echo(f"trained in {minutes:.1f} min; best epoch {best_epoch}; run folder {run_dir}")
+    say(f"trained in {minutes:.1f} min; best epoch {best_epoch}; run folder {run_dir}")
     if plot_training(run_dir / "metrics.jsonl", run_dir / "training.png"):
-        echo(f"training curves: {run_dir / 'training.png'}")
+        say(f"training curves: {run_dir / 'training.png'}")
     if reference:
         best_model = load_model(plugins, spec.name, run_dir / "best.pt").to(device)
         frame = plugins.hook.ktt_reference_set(model=best_model, data=val_split, run=run)
-        from ktt_core.files import atomic_path
-
         with atomic_path(run_dir / "reference.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
-        echo(f"reference set ({len(frame)} rows) written to {run_dir / 'reference.parquet'}")
+        say(f"reference set ({len(frame)} rows) written to {run_dir / 'reference.parquet'}")
     return run_dir
 
 
@@ -124,3 +136,24 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
     data = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
     predictions = plugins.hook.ktt_test(model=model, data=data, run=RunContext(None, resolve_device(device)))
     return [describe(model.hierarchy, row, top_k) for row in predictions.path_probs]
+
+
+def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
+                 input_path, output_path, text_column: str = "text", top_k: int = 1,
+                 chunk_size: int = 2048) -> int:
+    """Predict every text of a file into another, chunk by chunk; returns the rows written."""
+    from ktt_core.streaming import TextSource, check_output, write_predictions
+
+    # Check both files before loading the model, so a typo fails at once.
+    source = TextSource(input_path, text_column, chunk_size)
+    check_output(output_path, source)
+    path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
+    model = load_model(plugins, model_name, path)
+    run = RunContext(None, resolve_device(device))
+
+    def predict_chunk(texts: list[str]) -> list[dict]:
+        data = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
+        predictions = plugins.hook.ktt_test(model=model, data=data, run=run)
+        return [describe(model.hierarchy, row, top_k) for row in predictions.path_probs]
+
+    return write_predictions(source, output_path, predict_chunk, model.hierarchy.depth, top_k)

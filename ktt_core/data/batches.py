@@ -5,6 +5,7 @@ own longest text (dynamic padding) rather than to ``max_length``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ktt_core.data.cache import cache_key, load_or_compute
 from ktt_core.hierarchy import Hierarchy
 
 
@@ -36,16 +38,49 @@ class EncodedSplit(Dataset):
 
 
 def encode_texts(texts: Sequence[str], tokenizer, max_length: int, hierarchy: Hierarchy,
-                 paths: Sequence[Sequence[str]] | None = None) -> EncodedSplit:
-    """Tokenize ``texts`` (and encode their label ``paths``, when known)."""
+                 paths: Sequence[Sequence[str]] | None = None, cache_dir=None) -> EncodedSplit:
+    """Tokenize ``texts`` (and encode their label ``paths``, when known).
+
+    With ``cache_dir`` the token ids are kept on disk, keyed by the tokenizer, the
+    ``max_length`` and the texts, so a dataset is tokenized once across runs.
+    """
     texts = list(texts)
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
+    ids = tokenize(texts, tokenizer, max_length, cache_dir)
     if paths is None:
         targets = np.full((len(texts), hierarchy.depth), -1, dtype=np.int64)
     else:
         targets = hierarchy.encode_many(paths)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return EncodedSplit(texts, ids, targets, pad)
+
+
+def tokenize(texts: list[str], tokenizer, max_length: int, cache_dir=None) -> list[list[int]]:
+    if not texts:
+        return []
+
+    def compute() -> dict[str, torch.Tensor]:
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return {"flat": torch.tensor([t for row in ids for t in row], dtype=torch.int32),
+                "lengths": torch.tensor([len(row) for row in ids], dtype=torch.int64)}
+
+    key = None
+    if cache_dir is not None:
+        key = cache_key(tokenizer_fingerprint(tokenizer), max_length, "\0".join(texts))
+    stored = load_or_compute(cache_dir, "tokens", key, compute)
+    flat = stored["flat"].tolist()
+    ends = np.cumsum(stored["lengths"].numpy()).tolist()
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What determines a tokenizer's output (its truncation/padding state excluded,
+    as calling it with other settings changes that state)."""
+    if hasattr(tokenizer, "backend_tokenizer"):
+        state = json.loads(tokenizer.backend_tokenizer.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+        return json.dumps(state, sort_keys=True)
+    return repr(sorted(tokenizer.get_vocab().items()))
 
 
 class Collate:
@@ -66,25 +101,56 @@ class Collate:
                 "targets": torch.from_numpy(self.split.targets[rows]), "rows": torch.as_tensor(rows)}
 
 
-class LengthSortedSampler(Sampler):
-    """Batches of similar length, for inference: order does not matter, padding does."""
+class LengthGroupedBatches(Sampler):
+    """Training batches of similar length, in a fresh random order every epoch.
 
-    def __init__(self, split: EncodedSplit):
-        self.order = np.argsort(split.lengths, kind="stable").tolist()
+    Rows are shuffled, cut into pools of ``pool`` batches, sorted by length inside each pool
+    and batched; the batches are shuffled again. Padding shrinks to a few tokens per row
+    while every batch still mixes random rows. With ``world > 1`` each process takes every
+    ``world``-th row of the shuffle, so every row is seen exactly once per epoch across
+    processes (no padding rows as DistributedSampler would add).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool = True,
+                 rank: int = 0, world: int = 1, pool: int = 50):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.group_by_length, self.rank, self.world, self.pool = group_by_length, rank, world, pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        rows = rng.permutation(len(self.lengths))[self.rank::self.world]
+        if not self.group_by_length:
+            return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        batches = []
+        chunk = self.batch_size * self.pool
+        for start in range(0, len(rows), chunk):
+            pool = rows[start:start + chunk]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            batches.extend(pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
 
     def __iter__(self):
-        return iter(self.order)
+        return (b.tolist() for b in self._batches())
 
     def __len__(self) -> int:
-        return len(self.order)
+        return -(-len(range(self.rank, len(self.lengths), self.world)) // self.batch_size)
 
 
-def train_loader(split: EncodedSplit, batch_size: int, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(split, batch_size=batch_size, shuffle=True, generator=generator,
-                      collate_fn=Collate(split))
+def train_loader(split: EncodedSplit, batch_size: int, seed: int, group_by_length: bool = True,
+                 rank: int = 0, world: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Batches for one epoch; call ``loader.batch_sampler.set_epoch(e)`` before each epoch."""
+    sampler = LengthGroupedBatches(split.lengths, batch_size, seed, group_by_length, rank, world)
+    return DataLoader(split, batch_sampler=sampler, collate_fn=Collate(split), pin_memory=pin_memory)
 
 
-def eval_loader(split: EncodedSplit, batch_size: int) -> DataLoader:
-    return DataLoader(split, batch_size=batch_size, sampler=LengthSortedSampler(split),
-                      collate_fn=Collate(split))
+def eval_loader(split: EncodedSplit, batch_size: int, rank: int = 0, world: int = 1,
+                pin_memory: bool = False) -> DataLoader:
+    """Batches sorted by length (order does not matter for inference, padding does);
+    with ``world > 1``, this process's share of the rows."""
+    order = np.argsort(split.lengths, kind="stable")[rank::world].tolist()
+    return DataLoader(split, batch_size=batch_size, sampler=order, collate_fn=Collate(split),
+                      pin_memory=pin_memory)

@@ -1,0 +1,75 @@
+"""Length-grouped batches, token and feature caches, frozen-encoder training."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from transformers import AutoModel
+
+from ktt_core.checkpoint import load_checkpoint
+from ktt_core.data.batches import LengthGroupedBatches, encode_texts
+from ktt_core.hierarchy import Hierarchy
+
+
+def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 64, size=1000)
+    grouped = LengthGroupedBatches(lengths, 16, seed=1)
+    plain = LengthGroupedBatches(lengths, 16, seed=1, group_by_length=False)
+    for sampler in (grouped, plain):
+        rows = np.concatenate(list(sampler))
+        assert sorted(rows.tolist()) == list(range(1000))
+        assert len(list(sampler)) == len(sampler)
+
+    def padding(sampler):
+        return sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in sampler)
+
+    assert padding(grouped) < padding(plain) / 4
+    first = [b for b in grouped]
+    grouped.set_epoch(2)
+    assert [b for b in grouped] != first  # a new order every epoch
+
+
+def test_sharded_batches_split_rows_between_processes_without_repeats():
+    lengths = np.arange(101)
+    shards = [np.concatenate(list(LengthGroupedBatches(lengths, 8, seed=0, rank=r, world=2))) for r in (0, 1)]
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(np.concatenate(shards).tolist()) == list(range(101))
+
+
+def test_token_cache_is_reused(tmp_path, tiny_encoder):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    h = Hierarchy.from_paths([("A", "b")])
+    texts = ["some product title", "another one", "x"]
+    first = encode_texts(texts, tokenizer, 16, h, cache_dir=tmp_path)
+    files = list(tmp_path.glob("tokens-*.pt"))
+    assert len(files) == 1
+    again = encode_texts(texts, tokenizer, 16, h, cache_dir=tmp_path)
+    assert again.input_ids == first.input_ids == tokenizer(texts, truncation=True, max_length=16)["input_ids"]
+    encode_texts(texts, tokenizer, 8, h, cache_dir=tmp_path)  # other max_length: other entry
+    assert len(list(tmp_path.glob("tokens-*.pt"))) == 2
+
+
+def test_freeze_encoder_trains_the_head_only_and_caches_features(ktt, synthetic_csv, tiny_encoder, workspace):
+    ktt("import", synthetic_csv, "shop", "--text", "title", "--labels", "category", "--sep", " > ")
+    args = ("train", "db_linear", "shop", "--freeze-encoder", "--epochs", "3", "--set", f"encoder={tiny_encoder}",
+            "--set", "classifier_lr=0.05", "--set", "dropout=0.0")
+    ktt(*args)
+    cache = workspace / "datasets" / "shop" / "cache"
+    features = sorted(cache.glob("features-*.pt"))
+    assert len(features) == 2  # train and val
+    stamps = [p.stat().st_mtime_ns for p in features]
+    ktt(*args)
+    assert [p.stat().st_mtime_ns for p in sorted(cache.glob("features-*.pt"))] == stamps  # reused
+
+    run = sorted((workspace / "runs" / "db_linear" / "shop").iterdir())[-1]
+    saved = load_checkpoint(run / "last.pt")["state_dict"]
+    pretrained = AutoModel.from_pretrained(tiny_encoder).state_dict()
+    for name, value in pretrained.items():
+        assert torch.equal(saved[f"encoder.{name}"], value), name
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[-1]["val_exact_path_accuracy"] > 1 / 8  # learns from frozen random features
