@@ -57,3 +57,19 @@ def ktt_reference_set(model, data, run):
 
     model.to(run.device)
     return reference_set(model, data)
+
+
+#: Search space for models that declare none: the learning rates and dropout every model has.
+DEFAULT_SEARCH_SPACE = {
+    "encoder_lr": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
+    "classifier_lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+}
+
+
+@hookimpl(trylast=True)
+def ktt_search_space(spec):
+    from ktt_core.config import defaults_for
+
+    keys = defaults_for(spec)
+    return {k: v for k, v in DEFAULT_SEARCH_SPACE.items() if k in keys}

@@ -194,18 +194,10 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
           freeze_encoder, compile_):
     """Train MODELS (comma list) on DATASETS (comma list)."""
     from ktt_core import jobs
-    from ktt_core.config import parse_set_options, read_config_file
     from ktt_core.distributed import shutdown
 
-    layers = []
-    if config_file:
-        layers.append((config_file, read_config_file(config_file)))
-    if sets:
-        layers.append(("--set", parse_set_options(sets)))
-    options = {k: v for k, v in {"epochs": epochs, "seed": seed, "freeze_encoder": freeze_encoder,
-                                 "compile": compile_}.items() if v is not None}
-    if options:
-        layers.append(("options", options))
+    layers = _config_layers(config_file, sets, {"epochs": epochs, "seed": seed, "freeze_encoder": freeze_encoder,
+                                                "compile": compile_})
     ws = _workspace(ctx)
     plugins = _plugins()
     plan = [(plugins.model(m), d) for m in _split_list(models, "MODELS") for d in _split_list(datasets, "DATASETS")]
@@ -217,6 +209,52 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
                        reference=reference, echo=click.echo)
     finally:
         shutdown()
+
+
+def _config_layers(config_file, sets, options: dict) -> list:
+    """Hyperparameter layers, lowest priority first: --config file, --set, options."""
+    from ktt_core.config import parse_set_options, read_config_file
+
+    layers = []
+    if config_file:
+        layers.append((config_file, read_config_file(config_file)))
+    if sets:
+        layers.append(("--set", parse_set_options(sets)))
+    options = {k: v for k, v in options.items() if v is not None}
+    if options:
+        layers.append(("options", options))
+    return layers
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@click.option("--trials", type=click.IntRange(min=1), required=True,
+              help="Trials the study should hold in all (shared by every process on the study).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs per trial.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Stop starting trials after S seconds.")
+@click.option("--metric", default="exact_path_accuracy", show_default=True,
+              help="Validation metric to maximise (or 'loss' to minimise).")
+@click.option("--storage", default=None, help="Optuna storage URL (default: sqlite file tuning.db in the workspace).")
+@click.option("--study", "study_name", default=None, help="Study name (default: MODEL-DATASET).")
+@click.option("--space", "space_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON/YAML search space replacing the model's.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--freeze-encoder", is_flag=True, default=None, help="Trials train the head only (fast).")
+@click.option("--seed", type=int, default=None, help="Seed of the sampler.")
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+def tune(ctx, model, dataset, trials, epochs, timeout, metric, storage, study_name, space_file, config_file,
+         sets, freeze_encoder, seed, device):
+    """Search MODEL's hyperparameters on DATASET with Optuna (pruning, shared studies)."""
+    from ktt_core.tuning import tune as run_tune
+
+    layers = _config_layers(config_file, sets, {"epochs": epochs, "freeze_encoder": freeze_encoder})
+    plugins = _plugins()
+    run_tune(_workspace(ctx), plugins, plugins.model(model), dataset, layers, trials=trials, device=device,
+             timeout=timeout, storage=storage, study_name=study_name, space_file=space_file, metric=metric,
+             seed=seed, echo=click.echo)
 
 
 # -- test / predict ------------------------------------------------------------------------

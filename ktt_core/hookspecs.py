@@ -68,6 +68,15 @@ def ktt_reference_set(model, data, run):
 
 
 @hookspec(firstresult=True)
+def ktt_search_space(spec):
+    """Return the hyperparameter search space of model ``spec`` for ``ktt tune``, or ``None``
+    for models that are not yours: a dict mapping config keys to distributions,
+    ``{"type": "float", "low": 1e-6, "high": 1e-4, "log": true}``,
+    ``{"type": "int", "low": 1, "high": 4}`` or ``{"type": "categorical", "choices": [...]}``.
+    """
+
+
+@hookspec(firstresult=True)
 def ktt_export(model, fmt, directory):
     """Export ``model`` in format ``fmt`` (for example ``"onnx"`` or ``"bento"``) into
     ``directory`` and return the path written, or ``None`` when this plugin does not

@@ -46,6 +46,7 @@ class RunContext:
     log: Callable = print
     cluster: Cluster = SINGLE
     cache_dir: Path | None = None   # where frozen-encoder features may be cached
+    on_epoch: Callable[[dict], None] | None = None  # sees each epoch's record; may raise to stop
 
 
 def make_scheduler(optimizer, config: dict, total_steps: int):
@@ -189,6 +190,8 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
         if cluster.is_main:
             run.log(f"epoch {epoch}: train_loss {train_loss:.4f}  val_loss {predictions.loss:.4f}  "
                     f"val_{monitor} {score:.4f}{'  (best)' if improved else ''}  {record['seconds']:.0f}s")
+        if run.on_epoch is not None:
+            run.on_epoch(record)
         if run.directory is not None and cluster.is_main:
             state = {"epoch": epoch, "best_score": best, "monitor": monitor}
             append_jsonl(run.directory / "metrics.jsonl", record)

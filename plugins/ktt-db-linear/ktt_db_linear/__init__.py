@@ -16,6 +16,21 @@ DEFAULTS = {
 }
 
 
+# Tuning ranges around the original's defaults, plus what this head adds.
+SEARCH_SPACE = {
+    "encoder_lr": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
+    "classifier_lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+    "train_batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+}
+
+
+@hookimpl
+def ktt_search_space(spec):
+    return SEARCH_SPACE if spec.name == "db_linear" else None
+
+
 @hookimpl
 def ktt_register_models(register):
     register(ModelSpec(

@@ -1,0 +1,191 @@
+"""Hyperparameter search with Optuna: ``ktt tune``.
+
+Trials train with the core loop and report the validation metric after every epoch, so
+the pruner stops poor trials early. The study lives in a storage URL (a SQLite file in the
+workspace by default); any URL Optuna accepts lets several ``ktt tune`` processes, on
+several machines, share one study and together finish the requested number of trials.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from ktt_core.config import defaults_for, read_config_file, resolve_config
+from ktt_core.data.batches import encode_texts
+from ktt_core.data.datasets import Dataset
+from ktt_core.devices import resolve_device, seed_everything
+from ktt_core.errors import KttError
+from ktt_core.files import atomic_path, atomic_write_json
+from ktt_core.registry import ModelSpec
+from ktt_core.training import RunContext
+from ktt_core.workspace import Workspace
+
+DISTRIBUTIONS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
+
+
+def validate_space(space, spec: ModelSpec, origin: str) -> dict:
+    """Check a search space against the model's hyperparameters; KttError names the key."""
+    if not isinstance(space, dict) or not space:
+        raise KttError(f"{origin}: a search space must be a non-empty mapping of key: distribution")
+    known = defaults_for(spec)
+    for key, dist in space.items():
+        if key not in known:
+            raise KttError(f"{origin}: '{key}' is not a hyperparameter of {spec.name}")
+        if not isinstance(dist, dict) or dist.get("type") not in DISTRIBUTIONS:
+            raise KttError(f"{origin}: '{key}' needs a type: float, int or categorical")
+        missing = [f for f in DISTRIBUTIONS[dist["type"]] if f not in dist]
+        if missing:
+            raise KttError(f"{origin}: '{key}' ({dist['type']}) needs {', '.join(missing)}")
+        if dist["type"] != "categorical" and not dist["low"] < dist["high"]:
+            raise KttError(f"{origin}: '{key}' needs low < high")
+    return space
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    params = {}
+    for key, dist in space.items():
+        if dist["type"] == "float":
+            params[key] = trial.suggest_float(key, dist["low"], dist["high"], log=dist.get("log", False))
+        elif dist["type"] == "int":
+            params[key] = trial.suggest_int(key, dist["low"], dist["high"], step=dist.get("step", 1),
+                                            log=dist.get("log", False))
+        else:
+            params[key] = trial.suggest_categorical(key, dist["choices"])
+    return params
+
+
+def open_study(storage: str, name: str, direction: str, seed: int | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
+    try:
+        store = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+    except Exception as exc:  # bad URL, unreachable database, missing driver
+        raise KttError(f"--storage {storage}: cannot open it ({' '.join(str(exc).split())[:200]})") from None
+    return optuna.create_study(
+        storage=store, study_name=name, direction=direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+
+
+def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, *, trials: int,
+         device: str = "auto", timeout: float | None = None, storage: str | None = None,
+         study_name: str | None = None, space_file: str | None = None, metric: str = "exact_path_accuracy",
+         seed: int | None = None, pruner=None, echo: Callable = print) -> dict:
+    """Run trials until the study holds ``trials`` of them (across all its processes)."""
+    layers = [*layers, ("--metric", {"monitor": metric})]  # validates the metric's name
+    base = resolve_config(spec, layers)
+    if space_file:
+        space = validate_space(read_config_file(space_file), spec, space_file)
+    else:
+        space = validate_space(plugins.hook.ktt_search_space(spec=spec), spec, f"search space of {spec.name}")
+    dataset = Dataset(ws.dataset_dir(dataset_name))
+    device = resolve_device(device)
+    storage = storage or f"sqlite:///{ws.root / 'tuning.db'}"
+    study_name = study_name or f"{spec.name}-{dataset_name}"
+    study = open_study(storage, study_name, "minimize" if metric == "loss" else "maximize", seed, pruner)
+    out_dir = ws.runs / spec.name / dataset_name / f"tune-{study_name}"
+    cache_dir = dataset.directory / "cache"
+    splits = {}
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def encoded(tokenizer, max_length):
+        # Tokenize once per max_length; trials that share it reuse the splits.
+        if max_length not in splits:
+            splits[max_length] = tuple(
+                encode_texts(df["text"], tokenizer, max_length, dataset.hierarchy, df["path"], cache_dir)
+                for df in (dataset.split("train"), dataset.split("val")))
+        return splits[max_length]
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        trial.set_user_attr("worker", worker)
+        config = resolve_config(spec, [*layers, ("search space", params)])
+        seed_everything(config["seed"])
+        model = plugins.hook.ktt_build_model(spec=spec, hierarchy=dataset.hierarchy, config=config)
+        train, val = encoded(model.tokenizer, config["max_length"])
+
+        def report(record: dict) -> None:
+            value = record["val_loss"] if metric == "loss" else record[f"val_{metric}"]
+            trial.report(value, record["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
+
+        run = RunContext(None, device, config["epochs"], config["seed"], lambda *_: None,
+                         cache_dir=cache_dir, on_epoch=report)
+        history = plugins.hook.ktt_fit(model=model, train=train, val=val, run=run)
+        values = [r["val_loss"] if metric == "loss" else r[f"val_{metric}"] for r in history]
+        echo(f"trial {trial.number}: {metric} {values[-1]:.4f}  {params}")
+        return min(values) if metric == "loss" else max(values)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stop = optuna.study.MaxTrialsCallback(trials, states=None)  # counts every process's trials
+    if len(study.trials) < trials:
+        study.optimize(objective, timeout=timeout, callbacks=[stop], gc_after_trial=True)
+    return report_study(study, base, out_dir, echo)
+
+
+def report_study(study: optuna.Study, base_config: dict, out_dir: Path, echo: Callable) -> dict:
+    """Trials table, best_config.json and plots of the study."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+    with atomic_path(out_dir / "trials.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    result = {"study": study.study_name, "trials": len(study.trials), "complete": len(complete),
+              "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+              "folder": str(out_dir)}
+    _print_trials(study, echo)
+    if not complete:
+        echo("no trial completed; no best config")
+        return result
+    best = study.best_trial
+    best_config = {**base_config, **best.params}
+    atomic_write_json(out_dir / "best_config.json", best_config)
+    result.update(best_value=best.value, best_params=best.params, best_config=str(out_dir / "best_config.json"))
+    echo(f"best trial {best.number}: {best.value:.4f} {best.params}")
+    echo(f"best config: {out_dir / 'best_config.json'} (use: ktt train ... --config that file)")
+    result["plots"] = _plots(study, out_dir, echo)
+    return result
+
+
+def _print_trials(study: optuna.Study, echo: Callable) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("trial", "state", "value", "params", title=f"study {study.study_name}")
+    for t in study.trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        table.add_row(str(t.number), t.state.name, value, params)
+    Console().print(table)
+
+
+def _plots(study: optuna.Study, out_dir: Path, echo: Callable) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        for name, plot in (("optimization_history", ovm.plot_optimization_history),
+                           ("param_importances", ovm.plot_param_importances)):
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as exc:  # importances need >= 2 complete trials
+                echo(f"no {name} plot: {' '.join(str(exc).split())[:120]}")
+                continue
+            figure = axes.figure if hasattr(axes, "figure") else axes[0].figure
+            figure.tight_layout()
+            with atomic_path(out_dir / f"{name}.png") as tmp:
+                figure.savefig(tmp, format="png", dpi=100)
+            plt.close(figure)
+            written.append(str(out_dir / f"{name}.png"))
+    return written
