@@ -264,6 +264,11 @@ def _checkpoint_options(f):
     f = click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
                      help="Run folder (its best.pt) to use; default: the latest run.")(f)
     f = click.option("--device", default="auto", show_default=True)(f)
+    f = click.option("--decoding", type=click.Choice(["consistent", "per-level"]), default="consistent",
+                     show_default=True,
+                     help="Best path of the hierarchy, or each level's argmax on its own.")(f)
+    f = click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+                     help="Stop at the deepest level whose confidence reaches T (non-leaf predictions).")(f)
     return f
 
 
@@ -275,12 +280,12 @@ def _checkpoint_options(f):
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_context
-def test(ctx, model, dataset, checkpoint, run_dir, device, split_name, as_json):
+def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, split_name, as_json):
     """Evaluate a trained MODEL on DATASET's test split; prints and saves the metrics."""
     from ktt_core import jobs
 
     metrics, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
-                                  device, split_name)
+                               device, split_name, decoding, threshold)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -316,8 +321,8 @@ def _print_metrics(metrics: dict, title: str) -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="With --input: rows read and predicted at a time.")
 @click.pass_context
-def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, top_k, as_json, input_path, output_path,
-            text_column, chunk_size):
+def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, threshold, top_k, as_json,
+            input_path, output_path, text_column, chunk_size):
     """Predict the label path of TEXTS, or of every text of an --input file, with a trained MODEL."""
     from ktt_core import jobs
 
@@ -327,13 +332,13 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, top_k, as_j
         if not output_path:
             raise KttError("--input needs --output FILE (.csv, .tsv, .jsonl or .parquet)")
         n = jobs.predict_file(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device,
-                              input_path, output_path, text_column, top_k, chunk_size)
+                              input_path, output_path, text_column, top_k, chunk_size, decoding, threshold)
         click.echo(f"wrote {n} predictions to {output_path}")
         return
     if output_path:
         raise KttError("--output goes with --input FILE; TEXTS are printed")
     for text, result in zip(texts, jobs.predict(_workspace(ctx), _plugins(), model, dataset, run_dir,
-                                                   checkpoint, device, list(texts), top_k)):
+                                                checkpoint, device, list(texts), top_k, decoding, threshold)):
         if as_json:
             click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
             continue

@@ -1,25 +1,34 @@
-"""From per-path scores to predictions: best path, per-level scores, top-k paths.
+"""From scores to predictions: best valid path, per-level argmax, thresholds, top-k paths.
 
-Heads score every path of the hierarchy (one per leaf), so the decoded path always exists
-in the hierarchy. Scores are normalised over the paths (a softmax of the log-scores), and a
-node's score is the total probability of the paths through it.
+Heads score every path of the hierarchy (one per leaf). ``consistent`` decoding (the
+default) takes the best-scoring path, which always exists in the hierarchy; for heads that
+score each level separately this is the path with the highest sum of per-level
+log-probabilities. ``per-level`` decoding takes each level's argmax on its own (the raw
+output of the original KTT), which may name a child under the wrong parent.
+
+Path scores are normalised over the paths (a softmax of the log-scores); a node's
+confidence is the total probability of the paths through it. With a threshold, a
+prediction stops at the deepest level whose confidence reaches it (deeper levels -1).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ktt_core.hierarchy import Hierarchy, strip_padding
+from ktt_core.hierarchy import Hierarchy
+
+MODES = ("consistent", "per-level")
 
 
 @dataclass
 class Predictions:
-    """Decoded predictions for N texts."""
+    """Model scores for N texts, and their consistent decoding."""
 
     path_probs: np.ndarray   # (N, n_leaves) probability of each path, rows sum to 1
-    level_ids: np.ndarray    # (N, depth) predicted class id local to each level
+    level_ids: np.ndarray    # (N, depth) class id local to each level (consistent decoding)
     loss: float | None = None
+    level_log_scores: list[np.ndarray] | None = field(default=None, repr=False)  # heads' own, per level
 
     @property
     def leaf_ids(self) -> np.ndarray:
@@ -32,10 +41,11 @@ def softmax(log_scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def decode(hierarchy: Hierarchy, path_log_scores: np.ndarray, loss: float | None = None) -> Predictions:
+def decode(hierarchy: Hierarchy, path_log_scores: np.ndarray, loss: float | None = None,
+           level_log_scores: list[np.ndarray] | None = None) -> Predictions:
     probs = softmax(np.asarray(path_log_scores, dtype=np.float64)).astype(np.float32)
     best = probs.argmax(axis=1)
-    return Predictions(probs, hierarchy.leaf_ancestors[best], loss)
+    return Predictions(probs, hierarchy.leaf_ancestors[best], loss, level_log_scores)
 
 
 def level_probs(hierarchy: Hierarchy, path_probs: np.ndarray) -> list[np.ndarray]:
@@ -48,21 +58,59 @@ def level_probs(hierarchy: Hierarchy, path_probs: np.ndarray) -> list[np.ndarray
     return out
 
 
-def describe(hierarchy: Hierarchy, path_probs_row: np.ndarray, top_k: int = 1) -> dict:
-    """One text's prediction, for people and JSON: path, per-level scores, top-k paths."""
+def decode_levels(hierarchy: Hierarchy, predictions: Predictions, mode: str = "consistent",
+                  threshold: float | None = None) -> np.ndarray:
+    """(N, depth) predicted ids in ``mode``; with ``threshold``, -1 below the last confident level."""
+    if mode == "consistent":
+        ids = predictions.level_ids.copy()
+    elif mode == "per-level":
+        scores = predictions.level_log_scores or level_probs(hierarchy, predictions.path_probs)
+        ids = np.stack([s.argmax(axis=1) for s in scores], axis=1)
+    else:
+        raise ValueError(f"unknown decoding mode {mode!r}; use one of {MODES}")
+    if threshold is not None:
+        ids = cut_at_threshold(hierarchy, ids, level_probs(hierarchy, predictions.path_probs), threshold)
+    return ids
+
+
+def cut_at_threshold(hierarchy: Hierarchy, ids: np.ndarray, confidences: list[np.ndarray],
+                     threshold: float) -> np.ndarray:
+    """Stop each prediction at the deepest level whose confidence reaches ``threshold``.
+
+    The top level is always kept, so every prediction names at least a coarse class.
+    """
+    ids = ids.copy()
+    rows = np.arange(len(ids))
+    confident = np.ones(len(ids), dtype=bool)
+    for d in range(1, hierarchy.depth):
+        confident &= confidences[d][rows, ids[:, d]] >= threshold
+        ids[~confident, d] = -1
+    return ids
+
+
+def describe(hierarchy: Hierarchy, path_probs_row: np.ndarray, top_k: int = 1,
+             level_ids: np.ndarray | None = None) -> dict:
+    """One text's prediction, for people and JSON: path, per-level scores, top-k paths.
+
+    ``level_ids`` (one row of :func:`decode_levels`) overrides the best path, e.g. a path
+    cut short by a threshold.
+    """
     per_level = level_probs(hierarchy, path_probs_row[None, :])
     order = np.argsort(-path_probs_row, kind="stable")[: max(1, top_k)]
-    paths = []
-    for leaf in order:
-        ids = hierarchy.leaf_ancestors[leaf]
-        levels = [{"level": d + 1, "label": hierarchy.classes[d][c], "score": float(per_level[d][0, c])}
-                  for d, c in enumerate(ids) if not hierarchy.is_placeholder[hierarchy.level_offsets[d] + c]]
-        paths.append({"path": list(hierarchy.leaf_path(leaf)), "score": float(path_probs_row[leaf]),
-                      "levels": levels})
-    best = paths[0]
+    paths = [_path_entry(hierarchy, per_level, hierarchy.leaf_ancestors[leaf], float(path_probs_row[leaf]))
+             for leaf in order]
+    if level_ids is None:
+        best = paths[0]
+    else:
+        leaf = level_ids[-1]
+        best = _path_entry(hierarchy, per_level, level_ids,
+                           float(path_probs_row[leaf]) if leaf >= 0 else None)
     return {"path": best["path"], "levels": best["levels"], "score": best["score"],
             "top_k": paths if top_k > 1 else None}
 
 
-def real_path(hierarchy: Hierarchy, level_ids: np.ndarray) -> tuple[str, ...]:
-    return strip_padding(hierarchy.levels[-1][level_ids[-1]])
+def _path_entry(hierarchy: Hierarchy, per_level: list[np.ndarray], ids: np.ndarray, score) -> dict:
+    levels = [{"level": d + 1, "label": hierarchy.classes[d][c], "score": float(per_level[d][0, c])}
+              for d, c in enumerate(ids)
+              if c >= 0 and not hierarchy.is_placeholder[hierarchy.level_offsets[d] + c]]
+    return {"path": [lv["label"] for lv in levels], "score": score, "levels": levels}

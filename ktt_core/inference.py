@@ -35,24 +35,34 @@ def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str
     precision = model.config.get("precision", "fp32")
     has_targets = len(split) > 0 and bool((split.targets >= 0).all())
     loss_sum = torch.zeros((), device=model.device)
-    rows, chunks = [], []
+    h = model.hierarchy
+    rows, chunks, level_chunks = [], [], []
     for batch, ids, mask in _batches(model, split, batch_size, desc, cluster):
         with autocast(model.device, precision):
             outputs = forward(ids, mask)
             if has_targets:
                 loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)).float() * len(ids)
         rows.append(batch["rows"])
-        chunks.append(model.head.path_log_scores(outputs).float())
+        chunks.append(model.head.path_log_scores(outputs).float().cpu())
+        levels = model.head.level_log_scores(outputs)
+        if levels is not None:
+            level_chunks.append(torch.cat([x.float() for x in levels], dim=1).cpu())
     local = (torch.cat(rows).numpy() if rows else np.empty(0, np.int64),
-             torch.cat(chunks).cpu().numpy() if chunks else np.empty((0, model.hierarchy.n_leaves), np.float32),
+             torch.cat(chunks).numpy() if chunks else np.empty((0, h.n_leaves), np.float32),
+             torch.cat(level_chunks).numpy() if level_chunks else None,
              float(loss_sum))
-    scores = np.empty((len(split), model.hierarchy.n_leaves), dtype=np.float32)
+    scores = np.empty((len(split), h.n_leaves), dtype=np.float32)
+    level_scores = np.empty((len(split), h.n_classes), dtype=np.float32) if local[2] is not None else None
     total_loss = 0.0
-    for part_rows, part_scores, part_loss in cluster.gather(local):
+    for part_rows, part_scores, part_levels, part_loss in cluster.gather(local):
         scores[part_rows] = part_scores
+        if level_scores is not None:
+            level_scores[part_rows] = part_levels
         total_loss += part_loss
     loss = total_loss / len(split) if has_targets else None
-    return decode(model.hierarchy, scores, loss)
+    per_level = None if level_scores is None else [
+        level_scores[:, h.level_offsets[d]:h.level_offsets[d + 1]] for d in range(h.depth)]
+    return decode(h, scores, loss, per_level)
 
 
 @torch.inference_mode()

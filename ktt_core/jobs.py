@@ -11,11 +11,12 @@ import torch
 from pathlib import Path
 from typing import Callable
 
+from ktt_core import versioning
 from ktt_core.checkpoint import load_checkpoint
 from ktt_core.config import resolve_config
 from ktt_core.data.batches import encode_texts
 from ktt_core.data.datasets import Dataset
-from ktt_core.decoding import describe
+from ktt_core.decoding import MODES, decode_levels, describe
 from ktt_core.devices import resolve_device, seed_everything
 from ktt_core.errors import KttError
 from ktt_core.distributed import cluster_from_env
@@ -28,11 +29,15 @@ from ktt_core.workspace import Workspace
 
 
 def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
-          dry_run: bool = False, reference: bool = False, echo: Callable = print) -> Path | None:
+          dry_run: bool = False, reference: bool = False, echo: Callable = print,
+          dvc: bool = False) -> Path | None:
     """Train ``spec`` on a dataset; returns the run folder (None for a dry run).
 
     Under torchrun every process runs this; rank 0 alone prints and writes files.
+    With ``dvc``, rank 0 tracks ``best.pt`` and ``last.pt`` with DVC at the end (see versioning).
     """
+    if dvc:
+        versioning.require_repo(ws.root)  # before any work
     config = resolve_config(spec, layers)
     dataset = Dataset(ws.dataset_dir(dataset_name))
     device = resolve_device(device)
@@ -77,6 +82,9 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         with atomic_path(run_dir / "reference.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         say(f"reference set ({len(frame)} rows) written to {run_dir / 'reference.parquet'}")
+    if dvc:
+        say(versioning.track(ws.root, [run_dir / name for name in ("best.pt", "last.pt")
+                                       if (run_dir / name).is_file()]))
     return run_dir
 
 
@@ -85,13 +93,14 @@ def resolve_checkpoint(ws: Workspace, model: str, dataset: str, run_dir: str | N
     if checkpoint and run_dir:
         raise KttError("give --run or --checkpoint, not both")
     if checkpoint:
-        return Path(checkpoint)
-    if run_dir:
+        path = Path(checkpoint)
+    elif run_dir:
         path = Path(run_dir) / "best.pt"
-        if not path.is_file():
+        if not path.is_file() and not versioning.is_tracked(path):
             raise KttError(f"--run {run_dir}: no best.pt in that folder")
-        return path
-    return ws.latest_run(model, dataset) / "best.pt"
+    else:
+        path = ws.latest_run(model, dataset) / "best.pt"
+    return versioning.ensure_local(path, ws.root, what="checkpoint")  # fetches it if DVC tracks it
 
 
 def load_model(plugins, model_name: str, path: Path):
@@ -104,7 +113,8 @@ def load_model(plugins, model_name: str, path: Path):
 
 
 def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
-         split_name: str = "test") -> tuple[dict, Path]:
+         split_name: str = "test", decoding: str = "consistent", threshold: float | None = None
+         ) -> tuple[dict, Path]:
     """Metrics of a trained model on a dataset split; saved beside the checkpoint."""
     dataset = Dataset(ws.dataset_dir(dataset_name))
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
@@ -117,16 +127,24 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
     data = encode_texts(df["text"], model.tokenizer, model.config["max_length"], model.hierarchy, df["path"])
     run = RunContext(None, resolve_device(device))
     predictions = plugins.hook.ktt_test(model=model, data=data, run=run)
+    h = model.hierarchy
+    level_ids = decode_levels(h, predictions, decoding, threshold)
     metrics = {"model": model_name, "dataset": dataset_name, "split": split_name, "checkpoint": str(path),
-               **compute_metrics(model.hierarchy, data.targets, predictions.level_ids, predictions.path_probs),
+               "decoding": decoding, "threshold": threshold,
+               **compute_metrics(h, data.targets, level_ids, predictions.path_probs),
                "loss": predictions.loss}
+    # How often each decoding mode gives a path that exists in the hierarchy.
+    for mode in MODES:
+        ids = level_ids if mode == decoding else decode_levels(h, predictions, mode, threshold)
+        metrics[f"consistency_rate_{mode.replace('-', '_')}"] = float(h.is_consistent(ids).mean())
     saved = path.parent / f"{split_name}_metrics.json"
     atomic_write_json(saved, metrics)
     return metrics, saved
 
 
 def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
-            texts: list[str], top_k: int = 1) -> list[dict]:
+            texts: list[str], top_k: int = 1, decoding: str = "consistent",
+            threshold: float | None = None) -> list[dict]:
     """Predicted path, per-level scores and the ``top_k`` best paths of each text."""
     for i, text in enumerate(texts, 1):
         if not text.strip():
@@ -135,12 +153,17 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
     model = load_model(plugins, model_name, path)
     data = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
     predictions = plugins.hook.ktt_test(model=model, data=data, run=RunContext(None, resolve_device(device)))
-    return [describe(model.hierarchy, row, top_k) for row in predictions.path_probs]
+    return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
+
+
+def describe_all(hierarchy, predictions, top_k: int, decoding: str, threshold: float | None) -> list[dict]:
+    level_ids = decode_levels(hierarchy, predictions, decoding, threshold)
+    return [describe(hierarchy, row, top_k, ids) for row, ids in zip(predictions.path_probs, level_ids)]
 
 
 def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
                  input_path, output_path, text_column: str = "text", top_k: int = 1,
-                 chunk_size: int = 2048) -> int:
+                 chunk_size: int = 2048, decoding: str = "consistent", threshold: float | None = None) -> int:
     """Predict every text of a file into another, chunk by chunk; returns the rows written."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
@@ -154,6 +177,6 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     def predict_chunk(texts: list[str]) -> list[dict]:
         data = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
         predictions = plugins.hook.ktt_test(model=model, data=data, run=run)
-        return [describe(model.hierarchy, row, top_k) for row in predictions.path_probs]
+        return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
     return write_predictions(source, output_path, predict_chunk, model.hierarchy.depth, top_k)

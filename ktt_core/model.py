@@ -19,7 +19,7 @@ class ClassifierHead(nn.Module, ABC):
     """The part of a model that is its own. Subclass it in a model plugin.
 
     ``forward`` maps pooled features (batch, input_dim) to the head's raw outputs, whatever
-    their shape; ``loss`` and ``path_log_scores`` interpret those outputs.
+    their shape; ``loss`` and ``path_log_scores`` (or ``level_log_scores``) interpret them.
     """
 
     def __init__(self, hierarchy: Hierarchy, config: dict[str, Any], input_dim: int):
@@ -27,6 +27,15 @@ class ClassifierHead(nn.Module, ABC):
         self.hierarchy = hierarchy
         self.config = config
         self.input_dim = input_dim
+        # Hierarchy lookups as tensors that follow the head across devices (not saved:
+        # the checkpoint's hierarchy rebuilds them).
+        self.register_buffer("leaf_ancestors", torch.as_tensor(hierarchy.leaf_ancestors), persistent=False)
+        for d in range(1, hierarchy.depth):
+            self.register_buffer(f"parent_of_{d}", torch.as_tensor(hierarchy.parent_of[d]), persistent=False)
+
+    def parent_index(self, level: int) -> torch.Tensor:
+        """For each class of ``level`` (>= 1), its parent's index in ``level - 1``."""
+        return getattr(self, f"parent_of_{level}")
 
     @abstractmethod
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -36,13 +45,23 @@ class ClassifierHead(nn.Module, ABC):
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Scalar training loss; ``targets`` is (batch, depth) class ids local to each level."""
 
-    @abstractmethod
+    def level_log_scores(self, outputs: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per level, (batch, n_d) log-scores of that level's classes, for heads that score
+        levels separately (``None`` otherwise). Used for per-level argmax decoding and, by
+        default, to score paths."""
+        return None
+
     def path_log_scores(self, outputs: torch.Tensor) -> torch.Tensor:
         """(batch, n_leaves) log-score of every path of the hierarchy (one per leaf).
 
         The core decodes predictions from these: the best path always exists in the
-        hierarchy, so decoding is consistent by construction.
+        hierarchy, so decoding is consistent by construction. The default sums the
+        per-level log-scores along each path.
         """
+        levels = self.level_log_scores(outputs)
+        if levels is None:
+            raise NotImplementedError(f"{type(self).__name__} must define path_log_scores or level_log_scores")
+        return sum(scores.float()[:, self.leaf_ancestors[:, d]] for d, scores in enumerate(levels))
 
 
 class KttModel(nn.Module):
