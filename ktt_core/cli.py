@@ -51,6 +51,35 @@ def cli(ctx, workspace):
     ctx.obj["workspace"] = workspace
 
 
+def _require_dvc(ctx) -> None:
+    """For --dvc: fail before any work unless the workspace is in a DVC repository."""
+    from ktt_core import versioning
+
+    versioning.require_repo(_workspace(ctx).root)
+
+
+# -- workspace ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--dvc", "use_dvc", is_flag=True,
+              help="Make the workspace a git + DVC repository (git init when it is in none).")
+@click.option("--remote", type=click.Path(file_okay=False), default=None,
+              help="With --dvc: local folder to use as the default DVC remote.")
+@click.pass_context
+def init(ctx, use_dvc, remote):
+    """Create the workspace folder (datasets/, runs/); with --dvc, version it with DVC."""
+    if remote and not use_dvc:
+        raise KttError("--remote goes with --dvc: ktt init --dvc --remote DIR")
+    ws = _workspace(ctx)
+    ws.datasets.mkdir(parents=True, exist_ok=True)
+    ws.runs.mkdir(parents=True, exist_ok=True)
+    click.echo(f"workspace {ws.root}: datasets/ and runs/ ready")
+    if use_dvc:
+        from ktt_core import versioning
+
+        for line in versioning.init_workspace(ws.root, remote):
+            click.echo(line)
+
+
 # -- plugins and models -------------------------------------------------------------------
 @cli.command("list-models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
@@ -117,9 +146,11 @@ def list_plugins(as_json):
 @click.option("--keep-duplicates", is_flag=True, help="Keep repeated and conflicting rows.")
 @click.option("--drop-invalid", is_flag=True, help="Drop (and count) rows with empty text or labels instead of failing.")
 @click.option("--force", is_flag=True, help="Replace an existing dataset of the same name.")
+@click.option("--dvc", "use_dvc", is_flag=True,
+              help="Track the dataset folder with DVC and push it (see ktt init --dvc).")
 @click.pass_context
 def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, query, depth,
-            split_ratios, split_method, seed, keep_duplicates, drop_invalid, force):
+            split_ratios, split_method, seed, keep_duplicates, drop_invalid, force, use_dvc):
     """Import a file (CSV, TSV, JSON, JSONL, Parquet, Arrow) or a SQL query as dataset NAME."""
     from ktt_core.data import importers
     from ktt_core.data.datasets import write_dataset
@@ -138,6 +169,8 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     check_name(name, "dataset")
     ratios = _parse_ratios(split_ratios)
     target = _workspace(ctx).datasets / name
+    if use_dvc:
+        _require_dvc(ctx)
     if target.exists() and not force:
         raise KttError(f"dataset '{name}' already exists in {target.parent}; pass --force to replace it")
     table = importers.read_table(source, fmt=fmt, encoding=encoding, sql_url=sql_url, query=query)
@@ -161,6 +194,10 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
         f"level {d + 1}: {n}" for d, n in enumerate(report.classes_per_level)))
     click.echo("  split ({}): {}".format("stratified by path" if report.stratified else "random",
                                          ", ".join(f"{k} {v}" for k, v in report.split_rows.items())))
+    if use_dvc:
+        from ktt_core import versioning
+
+        click.echo(versioning.track(_workspace(ctx).root, [target]))
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:
@@ -189,9 +226,11 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @click.option("--freeze-encoder", is_flag=True, default=None,
               help="Train the head only, on encoder features computed once and cached.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
+@click.option("--dvc", "use_dvc", is_flag=True,
+              help="Track each run's best.pt and last.pt with DVC and push it (see ktt init --dvc).")
 @click.pass_context
 def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference,
-          freeze_encoder, compile_):
+          freeze_encoder, compile_, use_dvc):
     """Train MODELS (comma list) on DATASETS (comma list)."""
     from ktt_core import jobs
     from ktt_core.distributed import shutdown
@@ -199,6 +238,8 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
     layers = _config_layers(config_file, sets, {"epochs": epochs, "seed": seed, "freeze_encoder": freeze_encoder,
                                                 "compile": compile_})
     ws = _workspace(ctx)
+    if use_dvc:
+        _require_dvc(ctx)
     plugins = _plugins()
     plan = [(plugins.model(m), d) for m in _split_list(models, "MODELS") for d in _split_list(datasets, "DATASETS")]
     for _, d in plan:
@@ -206,7 +247,7 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
     try:
         for spec, dataset in plan:
             jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
-                       reference=reference, echo=click.echo)
+                       reference=reference, echo=click.echo, dvc=use_dvc)
     finally:
         shutdown()
 
