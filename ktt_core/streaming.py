@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ktt_core.data.importers import detect_format
+from ktt_core.data.importers import detect_format, iter_jsonl
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path
 
@@ -111,7 +111,7 @@ def _columns(path: Path, fmt: str) -> list[str]:
             except pd.errors.EmptyDataError:
                 return []
         if fmt == "jsonl":
-            for _, item in _jsonl_objects(path):
+            for _, item in iter_jsonl(path):
                 return list(item)
             return []
         if fmt == "parquet":
@@ -153,23 +153,8 @@ def _csv_values(path, fmt, column, chunk_size) -> Iterator:
             yield from frame[column].tolist()
 
 
-def _jsonl_objects(path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) per non-blank line, read lazily."""
-    with open(path, encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KttError(f"{path}: line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from exc
-            if not isinstance(item, dict):
-                raise KttError(f"{path}: line {lineno}: expected a JSON object, got {type(item).__name__}")
-            yield lineno, item
-
-
 def _jsonl_values(path, fmt, column, chunk_size) -> Iterator:
-    for lineno, item in _jsonl_objects(path):
+    for lineno, item in iter_jsonl(path):
         if column not in item:
             raise KttError(f"{path}: line {lineno}: no key '{column}'")
         yield item[column]

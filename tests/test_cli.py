@@ -6,6 +6,7 @@ import sqlite3
 
 import pandas as pd
 import pytest
+from helpers import assert_clean_error
 
 from ktt_core.checkpoint import load_checkpoint
 
@@ -99,13 +100,6 @@ def test_reference_set(ktt, synthetic_csv, tiny_encoder, workspace):
 
 
 # -- bad input: one line, non-zero exit, no traceback, nothing written ----------------------
-def assert_clean_error(result, *needles):
-    assert result.exit_code != 0
-    message = result.output.strip()
-    assert message.startswith("Error: ") and "\n" not in message, message
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in message, message
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import assert_clean_error
 
 from ktt_core import versioning
 
@@ -19,13 +20,6 @@ def dvc_env(monkeypatch, tmp_path):
         monkeypatch.setenv(f"GIT_{who}_EMAIL", "ktt-tests@example.invalid")
 
 
-def assert_clean_error(result, *needles):
-    assert result.exit_code != 0
-    message = result.output.strip()
-    assert message.startswith("Error: ") and "\n" not in message, message
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in message, message
 
 
 def import_args(csv):

@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -178,19 +179,28 @@ def _read_json(path, encoding: str) -> pd.DataFrame:
                    f"got {_json_kind(data)}")
 
 
+def iter_jsonl(path, encoding: str = "utf-8-sig") -> Iterator[tuple[int, dict]]:
+    """(line number, object) per non-blank line of a JSONL file, read lazily."""
+    try:
+        with open(path, encoding=encoding) as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise KttError(f"{path}: line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from exc
+                if not isinstance(item, dict):
+                    raise KttError(f"{path}: line {lineno}: expected a JSON object, got {_json_kind(item)}")
+                yield lineno, item
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, encoding, exc) from exc
+    except OSError as exc:
+        raise KttError(f"{path}: cannot read: {_one_line(exc)}") from exc
+
+
 def _read_jsonl(path, encoding: str) -> pd.DataFrame:
-    records = []
-    text = _read_text(path, encoding)
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KttError(f"{path}: line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from exc
-        if not isinstance(item, dict):
-            raise KttError(f"{path}: line {lineno}: expected a JSON object, got {_json_kind(item)}")
-        records.append(item)
+    records = [item for _, item in iter_jsonl(path, encoding)]
     if not records:
         raise KttError(f"{path}: the file is empty")
     return pd.DataFrame(records)
