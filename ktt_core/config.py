@@ -48,6 +48,7 @@ CHOICES = {
 POSITIVE = {"max_length", "train_batch_size", "eval_batch_size", "epochs", "reference_features",
             "encoder_lr", "classifier_lr"}
 FRACTIONS = {"dropout", "warmup_ratio", "label_smoothing"}  # in [0, 1)
+NON_NEGATIVE = {"weight_decay", "grad_clip"}
 
 
 def defaults_for(spec: ModelSpec) -> dict[str, Any]:
@@ -129,6 +130,6 @@ def coerce(key: str, value: Any, default: Any, origin: str) -> Any:
         fail("positive")
     if key in FRACTIONS and not 0 <= value < 1:
         fail("in [0, 1)")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+    if key in NON_NEGATIVE and value < 0:
         fail("non-negative")
     return value

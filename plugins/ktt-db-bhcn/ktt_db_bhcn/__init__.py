@@ -1,0 +1,70 @@
+"""KTT plugin: DistilBERT+BHCN (DB-BHCN) and DistilBERT+BHCN+AWX (DB-BHCN-AWX)."""
+from ktt_core import hookimpl
+from ktt_core.registry import ModelSpec
+
+from ktt_db_bhcn.model import BHCNAWXHead, BHCNHead
+
+# Defaults of the original KTT's DB-BHCN.
+BHCN_DEFAULTS = {
+    "encoder_lr": 3e-5,
+    "classifier_lr": 5e-4,
+    "dropout": 0.3,
+    "gamma_L": -0.1,      # level weights w_d = 1 - linspace(-gamma_L, gamma_L, depth)
+    "lambda_L": 1.0,      # weight of the local (per-level) loss
+    "lambda_H": 0.7,      # weight of the hierarchical loss
+    "nonlinear": "relu",  # relu | tanh, between levels
+}
+
+# Defaults of the original KTT's DB-BHCN-AWX (no hierarchical loss, hence no lambda_H).
+AWX_DEFAULTS = {
+    "encoder_lr": 5.2e-5,
+    "classifier_lr": 3.7e-4,
+    "dropout": 0.47,
+    "gamma_L": -0.34,
+    "lambda_L": 0.73,
+    "nonlinear": "relu",
+    "awx_norm": 5,        # n of the n-norm over the leaves under a class; <= 0: max
+}
+
+# Tuning ranges around the original's defaults.
+COMMON_SPACE = {
+    "encoder_lr": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
+    "classifier_lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
+    "gamma_L": {"type": "float", "low": -0.5, "high": 0.5},
+}
+SEARCH_SPACES = {
+    "db_bhcn": {**COMMON_SPACE,
+                "lambda_L": {"type": "float", "low": 0.5, "high": 1.5},
+                "lambda_H": {"type": "float", "low": 0.0, "high": 1.5}},
+    "db_bhcn_awx": {**COMMON_SPACE,
+                    "lambda_L": {"type": "float", "low": 0.3, "high": 1.5},
+                    "awx_norm": {"type": "categorical", "choices": [0, 1, 2, 5, 10]}},
+}
+
+
+@hookimpl
+def ktt_search_space(spec):
+    if spec.name not in SEARCH_SPACES:
+        return None
+    return SEARCH_SPACES[spec.name]
+
+
+@hookimpl
+def ktt_register_models(register):
+    register(ModelSpec(
+        name="db_bhcn",
+        display_name="DistilBERT+BHCN",
+        head=BHCNHead,
+        defaults=BHCN_DEFAULTS,
+        description="Encoder, then one layer per level fed the text vector and the level above; "
+                    "level-weighted local loss plus a hierarchical loss.",
+    ))
+    register(ModelSpec(
+        name="db_bhcn_awx",
+        display_name="DistilBERT+BHCN+AWX",
+        head=BHCNAWXHead,
+        defaults=AWX_DEFAULTS,
+        description="BHCN layers; every class scores the n-norm (or max) of the sigmoid scores "
+                    "of its leaves (AWX), so parents never score below their children.",
+    ))
