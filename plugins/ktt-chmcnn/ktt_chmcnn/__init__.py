@@ -1,0 +1,43 @@
+"""KTT plugin: DistilBERT+Adapted C-HMCNN (DB-AC-HMCNN)."""
+from ktt_core import hookimpl
+from ktt_core.registry import ModelSpec
+
+from ktt_chmcnn.model import ACHMCNNHead
+
+# Defaults of the original KTT's DB-AC-HMCNN.
+DEFAULTS = {
+    "encoder_lr": 2e-5,
+    "classifier_lr": 5e-4,
+    "h_dropout": 0.7,        # dropout after every hidden layer of the feed-forward network
+    "h_nonlinear": "relu",   # relu | tanh
+    "h_hidden_dim": 512,     # width of the hidden layers
+    "h_layer_count": 3,      # linear layers, the output layer included (1: a single linear layer)
+}
+
+# Tuning ranges around the original's defaults.
+SEARCH_SPACE = {
+    "encoder_lr": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
+    "classifier_lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "h_dropout": {"type": "float", "low": 0.0, "high": 0.8},
+    "h_hidden_dim": {"type": "categorical", "choices": [128, 256, 512, 1024]},
+    "h_layer_count": {"type": "int", "low": 1, "high": 4},
+}
+
+
+@hookimpl
+def ktt_search_space(spec):
+    if spec.name != "db_achmcnn":
+        return None
+    return {k: dict(v) for k, v in SEARCH_SPACE.items()}
+
+
+@hookimpl
+def ktt_register_models(register):
+    register(ModelSpec(
+        name="db_achmcnn",
+        display_name="DistilBERT+Adapted C-HMCNN",
+        head=ACHMCNNHead,
+        defaults=DEFAULTS,
+        description="Encoder, feed-forward network with one sigmoid output per class of every level; "
+                    "max constraint module (a class scores the max of its descendants) and MCLoss.",
+    ))
