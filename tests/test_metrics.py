@@ -56,3 +56,18 @@ def test_decoding_gives_valid_paths_levels_and_top_k():
     assert [alt["path"] for alt in out["top_k"]] == [["A", "a1"], ["A", "a2"], ["B", "b1"]]
     m = compute_metrics(H, ids(("A", "a1")), p.level_ids, p.path_probs)
     assert m["leaf_auprc_micro"] == pytest.approx(1.0)
+
+
+def test_threshold_stops_at_the_last_confident_level():
+    # paths A>a1 0.45, A>a2 0.40, B>b1 0.10, C 0.05: "A" is sure (0.85), no child of it is
+    scores = np.zeros((1, 4))
+    for name, p in ((("A", "a1"), 0.45), (("A", "a2"), 0.40), (("B", "b1"), 0.10), (("C", ""), 0.05)):
+        scores[0, H.levels[-1].index(name)] = np.log(p)
+    p = decode(H, scores)
+    from ktt_core.decoding import decode_levels
+
+    assert decode_levels(H, p, threshold=0.5)[0].tolist() == [H.classes[0].index("A"), -1]
+    assert decode_levels(H, p, threshold=0.4)[0].tolist() == H.encode(("A", "a1")).tolist()
+    assert describe(H, p.path_probs[0], level_ids=decode_levels(H, p, threshold=0.5)[0])["path"] == ["A"]
+    # per-level decoding of path marginals agrees here, and stays consistent
+    assert decode_levels(H, p, mode="per-level")[0].tolist() == H.encode(("A", "a1")).tolist()
