@@ -8,7 +8,9 @@ several machines, share one study and together finish the requested number of tr
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -59,17 +61,26 @@ def suggest(trial: optuna.Trial, space: dict) -> dict:
     return params
 
 
+RACES = ("IntegrityError", "already exists", "UNIQUE constraint", "database is locked")
+
+
 def open_study(storage: str, name: str, direction: str, seed: int | None = None,
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     engine_kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None
-    try:
-        store = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
-    except Exception as exc:  # bad URL, unreachable database, missing driver
-        raise KttError(f"--storage {storage}: cannot open it ({' '.join(str(exc).split())[:200]})") from None
-    return optuna.create_study(
-        storage=store, study_name=name, direction=direction, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+    for attempt in range(8):
+        try:
+            store = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+            return optuna.create_study(
+                storage=store, study_name=name, direction=direction, load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=seed),
+                pruner=pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+        except Exception as exc:  # bad URL, unreachable database, missing driver
+            message = f"{type(exc).__name__}: {exc}"
+            # Workers starting together race to create the schema and the study; retry.
+            if any(race in message for race in RACES) and attempt < 7:
+                time.sleep(0.3 + random.random())
+                continue
+            raise KttError(f"--storage {storage}: cannot open it ({' '.join(str(exc).split())[:200]})") from None
 
 
 def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, *, trials: int,
