@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from click.testing import CliRunner
 
 from ktt_core.cli import cli

@@ -1,4 +1,11 @@
-"""Assertions shared by the CLI tests."""
+"""Assertions shared by the CLI and model plugin tests."""
+import json
+import math
+
+import torch
+
+from ktt_core.checkpoint import load_checkpoint
+from ktt_core.plugins import Plugins
 
 
 def assert_clean_error(result, *needles):
@@ -8,3 +15,48 @@ def assert_clean_error(result, *needles):
     assert "Traceback" not in result.output
     for needle in needles:
         assert needle in message, message
+
+
+def train_model(ktt, workspace, model, dataset, encoder, *extra, epochs=4):
+    """Train through the CLI; check the losses are finite and fall; return the run folder."""
+    out = ktt("train", model, dataset, "--epochs", epochs, "--set", f"encoder={encoder}", *extra).output
+    run = sorted((workspace / "runs" / model / dataset).iterdir())[-1]
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(e["train_loss"]) and math.isfinite(e["val_loss"]) for e in epochs), out
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"], out
+    return run
+
+
+def check_trained_model(ktt, model, run):
+    """Test (both decodings), predict with top-k, and the checkpoint's exact round trip."""
+    metrics = json.loads(ktt("test", model, "shop", "--json").output)
+    assert metrics["exact_path_accuracy"] > 0.6, metrics  # 8 leaves: chance is 1/8
+    assert metrics["consistency_rate"] == 1.0 == metrics["consistency_rate_consistent"]
+    assert 0 <= metrics["consistency_rate_per_level"] <= 1
+    per_level = json.loads(ktt("test", model, "shop", "--decoding", "per-level", "--json").output)
+    assert per_level["decoding"] == "per-level"
+    assert per_level["consistency_rate"] == per_level["consistency_rate_per_level"]
+    assert per_level["level_1_accuracy"] > 0.6
+
+    prediction = json.loads(ktt("predict", model, "shop", "edible apple new", "--top-k", "3", "--json").output)
+    assert prediction["path"] == ["Food", "Fruit"]
+    scores = [p["score"] for p in prediction["top_k"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert prediction["levels"][0]["score"] >= prediction["levels"][1]["score"]
+
+    # Checkpoint round trip: the CLI from best.pt twice (fresh loads) and from the run agree,
+    # and two models rebuilt through the plugin hook give identical tensors.
+    args = ("predict", model, "shop", "household pan", "playful doll", "--json", "--top-k", "2")
+    a = ktt(*args, "--checkpoint", run / "best.pt").output
+    assert a == ktt(*args, "--checkpoint", run / "best.pt").output == ktt(*args, "--run", run).output
+    plugins = Plugins()
+    spec = plugins.model(model)
+    rebuilt = [plugins.hook.ktt_model_from_checkpoint(spec=spec, checkpoint=load_checkpoint(run / "best.pt"))
+               for _ in range(2)]
+    assert type(rebuilt[0].head) is spec.head
+    batch = rebuilt[0].tokenizer(["household pan", "edible juice"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        outs = [m.eval()(batch["input_ids"], batch["attention_mask"]) for m in rebuilt]
+        paths = [m.path_log_scores(batch["input_ids"], batch["attention_mask"]) for m in rebuilt]
+    assert outs[0].shape == (2, 11)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(paths[0], paths[1])
