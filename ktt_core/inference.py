@@ -30,7 +30,7 @@ def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str
     whole result. ``forward`` may replace ``model.forward`` (a compiled version).
     """
     model.eval()
-    forward = forward or model
+    forward = model if forward is None else forward  # a compiled module has no truth value
     batch_size = batch_size or model.config["eval_batch_size"]
     precision = model.config.get("precision", "fp32")
     has_targets = len(split) > 0 and bool((split.targets >= 0).all())

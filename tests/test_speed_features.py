@@ -73,3 +73,14 @@ def test_freeze_encoder_trains_the_head_only_and_caches_features(ktt, synthetic_
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert epochs[-1]["val_exact_path_accuracy"] > 1 / 8  # learns from frozen random features
+
+
+def test_compile_trains_and_saves_a_usable_checkpoint(ktt, synthetic_csv, tiny_encoder, workspace):
+    ktt("import", synthetic_csv, "shop", "--text", "title", "--labels", "category", "--sep", " > ")
+    ktt("train", "db_linear", "shop", "--compile", "--epochs", "2", "--device", "cpu",
+        "--set", f"encoder={tiny_encoder}", "--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2")
+    run = next((workspace / "runs" / "db_linear" / "shop").iterdir())
+    assert json.loads((run / "config.json").read_text())["config"]["compile"] is True
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert json.loads(ktt("test", "db_linear", "shop", "--json").output)["rows"] > 0
