@@ -73,3 +73,16 @@ def ktt_search_space(spec):
 
     keys = defaults_for(spec)
     return {k: v for k, v in DEFAULT_SEARCH_SPACE.items() if k in keys}
+
+
+@hookimpl(trylast=True)
+def ktt_export(model, fmt, directory):
+    if fmt == "onnx":
+        from ktt_core.export.onnx import export_onnx
+
+        return export_onnx(model, directory)
+    if fmt == "bento":
+        from ktt_core.export.bento import write_model_files
+
+        return write_model_files(model, directory)
+    return None

@@ -114,3 +114,10 @@ def _path_entry(hierarchy: Hierarchy, per_level: list[np.ndarray], ids: np.ndarr
               for d, c in enumerate(ids)
               if c >= 0 and not hierarchy.is_placeholder[hierarchy.level_offsets[d] + c]]
     return {"path": [lv["label"] for lv in levels], "score": score, "levels": levels}
+
+
+def describe_all(hierarchy: Hierarchy, predictions: Predictions, top_k: int, decoding: str = "consistent",
+                 threshold: float | None = None) -> list[dict]:
+    """:func:`describe` for every text, decoded with ``decoding`` and ``threshold``."""
+    level_ids = decode_levels(hierarchy, predictions, decoding, threshold)
+    return [describe(hierarchy, row, top_k, ids) for row, ids in zip(predictions.path_probs, level_ids)]

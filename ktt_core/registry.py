@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 #: What every model gets from the core's default hook implementations.
-CORE_CAPABILITIES = ("train", "test", "predict", "top_k", "reference_set")
+CORE_CAPABILITIES = ("train", "test", "predict", "top_k", "reference_set", "export_onnx", "export_bento")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class ModelSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     capabilities: tuple[str, ...] = CORE_CAPABILITIES
+    # The plugin's BentoML service, "module:Class" (its bentoml/ folder); "" if it has none.
+    service: str = ""
     # Filled in by the plugin manager: the distribution that registered the model.
     plugin: str = ""
     plugin_version: str = ""

@@ -35,6 +35,7 @@ def ktt_search_space(spec):
 def ktt_register_models(register):
     register(ModelSpec(
         name="db_achmcnn",
+        service="ktt_chmcnn.bentoml.service:DbAchmcnnService",
         display_name="DistilBERT+Adapted C-HMCNN",
         head=ACHMCNNHead,
         defaults=DEFAULTS,

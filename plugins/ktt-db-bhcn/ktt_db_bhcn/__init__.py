@@ -54,6 +54,7 @@ def ktt_search_space(spec):
 def ktt_register_models(register):
     register(ModelSpec(
         name="db_bhcn",
+        service="ktt_db_bhcn.bentoml.service:DbBhcnService",
         display_name="DistilBERT+BHCN",
         head=BHCNHead,
         defaults=BHCN_DEFAULTS,
@@ -62,6 +63,7 @@ def ktt_register_models(register):
     ))
     register(ModelSpec(
         name="db_bhcn_awx",
+        service="ktt_db_bhcn.bentoml.service:DbBhcnAwxService",
         display_name="DistilBERT+BHCN+AWX",
         head=BHCNAWXHead,
         defaults=AWX_DEFAULTS,

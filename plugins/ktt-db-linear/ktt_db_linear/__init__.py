@@ -35,6 +35,7 @@ def ktt_search_space(spec):
 def ktt_register_models(register):
     register(ModelSpec(
         name="db_linear",
+        service="ktt_db_linear.bentoml.service:DbLinearService",
         display_name="DistilBERT+Linear",
         head=LinearLeafHead,
         defaults=DEFAULTS,

@@ -1,4 +1,1 @@
-"""BentoML service resources of DB-AC-HMCNN (service, bentofile, monitoring config).
-
-The inference service itself is built with the export issue; see README.md here.
-"""
+"""BentoML resources of DB-AC-HMCNN: `service.py` defines the services (see README.md)."""

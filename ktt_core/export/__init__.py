@@ -1,0 +1,49 @@
+"""``ktt export``: turn a trained run into deployable artefacts.
+
+- ``onnx``: one ONNX graph (encoder + head) with the tokenizer and hierarchy beside it
+  (:mod:`ktt_core.export.onnx`), runnable without torch (:mod:`ktt_core.onnx_runtime`).
+- ``bento``: the model saved into the BentoML model store with safe files only
+  (:mod:`ktt_core.export.bento`); optionally a built Bento and a docker-compose stack
+  with the drift monitor, Prometheus and Grafana (:mod:`ktt_core.export.compose`).
+
+The files of each format come from the ``ktt_export`` hook, so a plugin may export its
+model its own way; the core's default implementation serves every model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from ktt_core.errors import KttError
+
+
+def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, onnx: bool = False,
+               bento: bool = False, build: bool = False, monitoring: bool = False,
+               output=None) -> Iterator[str]:
+    """Export one trained run; yields a line of report per artefact written."""
+    from ktt_core.jobs import load_model, resolve_checkpoint
+
+    path = resolve_checkpoint(ws, model_name, dataset, run_dir, checkpoint)
+    model = load_model(plugins, model_name, path)
+    out = Path(output) if output else path.parent / "export"
+    if onnx:
+        written = export_with_hook(plugins, model, "onnx", out / "onnx")
+        yield f"ONNX model written to {written} (ktt predict {model_name} {dataset} --onnx {written} TEXT)"
+    if bento:
+        from ktt_core.export import bento as bentos
+
+        tag = bentos.save_model(plugins, model, path, dataset, include_onnx=out / "onnx" if onnx else None)
+        yield f"BentoML model saved: {tag} (ktt serve {model_name} {dataset})"
+        if build:
+            yield f"Bento built: {bentos.build(plugins.model(model_name), tag, out / 'bento')}"
+        if monitoring:
+            from ktt_core.export.compose import write_compose
+
+            yield f"docker-compose stack written to {write_compose(plugins.model(model_name), tag, out / 'compose')}"
+
+
+def export_with_hook(plugins, model, fmt: str, directory: Path) -> Path:
+    written = plugins.hook.ktt_export(model=model, fmt=fmt, directory=directory)
+    if written is None:
+        raise KttError(f"no installed plugin exports {model.name} as {fmt}")
+    return Path(written)

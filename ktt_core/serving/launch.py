@@ -1,0 +1,76 @@
+"""Run a BentoML service as a child process (``bentoml serve``) and stop it cleanly."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Mapping
+
+from ktt_core.errors import KttError
+
+
+def bentoml_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: ours, KTT's settings, no telemetry, offline Hugging Face."""
+    env = dict(os.environ)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_service(target: str, host: str, port: int, env: Mapping[str, str], workers: int | None = None,
+                  **popen) -> subprocess.Popen:
+    """Start ``bentoml serve TARGET`` (``module:ServiceClass``) on host:port; returns at once."""
+    cmd = [sys.executable, "-m", "bentoml", "serve", target, "--host", host, "--port", str(port)]
+    if workers:
+        cmd += ["--api-workers", str(workers)]
+    return subprocess.Popen(cmd, env=bentoml_env(env), start_new_session=True, **popen)
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
+    """Wait until ``url``/readyz answers 200; KttError if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise KttError(f"the service exited with status {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise KttError(f"the service at {url} was not ready after {timeout:.0f}s")
+
+
+def stop_service(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the service's process group, then SIGKILL what is left after ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_until_interrupted(processes: list[subprocess.Popen]) -> int:
+    """Block while the services run; Ctrl-C (or one exiting) stops them all. Returns an exit code."""
+    try:
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in processes:
+            stop_service(process)
+    return max((p.returncode or 0) for p in processes if p.returncode and p.returncode > 0) if any(
+        p.returncode and p.returncode > 0 for p in processes) else 0

@@ -1,0 +1,50 @@
+"""``ktt serve``: put a trained run into the model store and run its plugin's BentoML service."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ktt_core.errors import KttError
+
+
+def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, host: str, port: int,
+          runtime: str = "torch", max_batch_size: int = 64, max_latency_ms: int = 2000,
+          monitoring: bool = False, monitor_port: int | None = None, echo: Callable = print) -> int:
+    """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code."""
+    from ktt_core.export import export_with_hook
+    from ktt_core.export.bento import save_model
+    from ktt_core.jobs import load_model, resolve_checkpoint
+    from ktt_core.serving.launch import run_until_interrupted, start_service, stop_service, wait_ready
+
+    spec = plugins.model(model_name)
+    if not spec.service:
+        raise KttError(f"plugin {spec.plugin} declares no BentoML service for {model_name}")
+    path = resolve_checkpoint(ws, model_name, dataset, run_dir, checkpoint)
+    reference = path.parent / "reference.parquet"
+    if monitoring and not reference.is_file():
+        raise KttError(f"{path.parent}: no reference set for the drift monitor; "
+                       f"train with --reference (or ktt serve without --monitoring)")
+    model = load_model(plugins, model_name, path)
+    onnx_dir = None
+    if runtime == "onnx":
+        onnx_dir = export_with_hook(plugins, model, "onnx", path.parent / "export" / "onnx")
+    tag = save_model(plugins, model, path, dataset, include_onnx=onnx_dir)
+    echo(f"serving {tag} ({runtime}) from {path}")
+    env = {"KTT_MODEL": model_name, "KTT_BENTO_MODEL": tag, "KTT_RUNTIME": runtime,
+           "KTT_MAX_BATCH_SIZE": max_batch_size, "KTT_MAX_LATENCY_MS": max_latency_ms}
+    processes = []
+    try:
+        if monitoring:
+            from ktt_core.monitoring.launch import start_monitor
+
+            processes.append(start_monitor(reference, model_name, host, monitor_port))
+            env["KTT_MONITOR_URL"] = f"http://{host}:{monitor_port}"
+            echo(f"drift monitor on http://{host}:{monitor_port} (/metrics)")
+        service = start_service(spec.service, host, port, env)
+        processes.append(service)
+        wait_ready(service, f"http://{host}:{port}", timeout=300)
+    except BaseException:
+        for process in processes:
+            stop_service(process)
+        raise
+    echo(f"ready: POST http://{host}:{port}/predict  {{\"text\": \"...\"}}   (/metrics, /readyz; Ctrl-C stops)")
+    return run_until_interrupted(processes)

@@ -1,0 +1,159 @@
+"""The machinery of every model's BentoML service; a plugin's ``bentoml/service.py`` names it.
+
+Two services per model, BentoML's pattern for adaptive batching behind a richer API:
+
+- ``<Name>Runner`` holds the model and one batchable method, ``classify(texts)``: BentoML
+  gathers the texts of concurrent requests into batches (``KTT_MAX_BATCH_SIZE``,
+  ``KTT_MAX_LATENCY_MS``). It also hands each prediction to the drift monitor, without
+  waiting for it (:class:`ktt_core.monitoring.client.MonitorClient`).
+- ``<Name>Service`` is the HTTP face: ``POST /predict`` with ``{"text": ...}`` or
+  ``{"texts": [...]}`` and optional ``top_k``; it validates the request (4xx with a
+  clear message), calls the runner and counts predictions per class and latency for
+  Prometheus (``/metrics``, next to BentoML's own). ``/readyz`` and ``/livez`` are BentoML's.
+
+A plugin declares its services in one line (see :func:`define_service`).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+
+from ktt_core.serving.settings import ServiceSettings
+
+_METRICS: dict[str, Any] = {}
+
+
+def _metric(kind: str, name: str, documentation: str, **kwargs):
+    """A Prometheus metric created on first use, inside the worker process.
+
+    BentoML sets up Prometheus' multiprocess directory when a worker starts, after the
+    service module is imported; metrics created earlier would never reach ``/metrics``.
+    """
+    if name not in _METRICS:
+        import prometheus_client
+
+        _METRICS[name] = getattr(prometheus_client, kind)(name, documentation, **kwargs)
+    return _METRICS[name]
+
+
+def validate_request(text: Any, texts: Any, top_k: Any, settings: ServiceSettings) -> list[str]:
+    """The texts of a request, or :class:`InvalidArgument` (HTTP 400) saying what is wrong."""
+    if (text is None) == (texts is None):
+        raise InvalidArgument('send either "text": "..." or "texts": ["...", ...]')
+    if text is not None:
+        texts, where = [text], "text"
+    else:
+        where = "texts"
+        if not isinstance(texts, list):
+            raise InvalidArgument('"texts" must be a list of strings')
+        if not texts:
+            raise InvalidArgument('"texts" is empty')
+        if len(texts) > settings.max_texts:
+            raise InvalidArgument(f'"texts" has {len(texts)} items; at most {settings.max_texts} per request')
+    for i, item in enumerate(texts):
+        name = where if where == "text" else f"texts[{i}]"
+        if not isinstance(item, str):
+            raise InvalidArgument(f'"{name}" must be a string, got {type(item).__name__}')
+        if not item.strip():
+            raise InvalidArgument(f'"{name}" is empty')
+        if len(item) > settings.max_text_chars:
+            raise InvalidArgument(f'"{name}" has {len(item)} characters; at most {settings.max_text_chars}')
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= settings.max_top_k:
+        raise InvalidArgument(f'"top_k" must be an integer from 1 to {settings.max_top_k}')
+    return texts
+
+
+class KttRunner:
+    """Loads the stored model and classifies batches of texts (see the module docstring)."""
+
+    model_name: str = ""
+    settings: ServiceSettings
+
+    def __init__(self) -> None:
+        from ktt_core.export.bento import load_predictor
+
+        self.predictor = load_predictor(self.stored_model.path, self.settings.runtime)
+        self.monitor = None
+        if self.settings.monitor_url:
+            from ktt_core.monitoring.client import MonitorClient
+
+            sent = _metric("Counter", "ktt_monitor_rows_sent", "Rows delivered to the drift monitor",
+                           labelnames=["model"]).labels(model=self.model_name)
+            dropped = _metric("Counter", "ktt_monitor_rows_dropped",
+                              "Rows not delivered to the drift monitor (queue full or monitor down)",
+                              labelnames=["model"]).labels(model=self.model_name)
+            self.monitor = MonitorClient(self.settings.monitor_url, queue_size=self.settings.monitor_queue,
+                                         on_sent=sent.inc, on_dropped=dropped.inc)
+
+    def _classify(self, texts: list[str]) -> list[dict]:
+        from ktt_core.decoding import describe_all
+        from ktt_core.hierarchy import format_path
+
+        predictions, features = self.predictor.run(texts)
+        s = self.settings
+        results = describe_all(self.predictor.hierarchy, predictions, s.max_top_k, s.decoding, s.threshold)
+        if self.monitor is not None:
+            self.monitor.send([{"features": f.tolist(), "prediction": format_path(r["path"]), "score": r["score"]}
+                               for f, r in zip(features, results)])
+        return results
+
+
+class KttApi:
+    """``POST /predict``: validation, the call to the runner, KTT's Prometheus metrics."""
+
+    model_name: str = ""
+    settings: ServiceSettings
+    runner: Any
+
+    def __init__(self) -> None:
+        self.predicted = _metric("Counter", "ktt_predictions", "Predictions served, per predicted class",
+                                 labelnames=["model", "label"])
+        self.latency = _metric("Histogram", "ktt_request_latency_seconds", "Time to answer POST /predict",
+                               labelnames=["model"],
+                               buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+
+    @bentoml.api(route="/predict")
+    async def predict(self, text: Any = None, texts: Any = None, top_k: Any = 1) -> dict:
+        """Predict the label path of ``text`` or of each of ``texts``."""
+        started = time.perf_counter()
+        batch = validate_request(text, texts, top_k, self.settings)
+        results = await self.runner.to_async.classify(batch)
+        out = []
+        for item, result in zip(batch, results):
+            label = " > ".join(result["path"])
+            self.predicted.labels(model=self.model_name, label=label).inc()
+            out.append({"text": item, "path": result["path"], "label": label, "score": result["score"],
+                        "levels": result["levels"],
+                        **({"top_k": result["top_k"][:top_k]} if top_k > 1 else {})})
+        self.latency.labels(model=self.model_name).observe(time.perf_counter() - started)
+        return {"model": self.model_name, "predictions": out}
+
+
+def define_service(model_name: str, module: str, prefix: str):
+    """The runner and API service classes of ``model_name``, to assign in the plugin's module:
+
+    ``DbLinearRunner, DbLinearService = define_service("db_linear", __name__, "DbLinear")``
+    """
+    settings = ServiceSettings.from_env(model_name)
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        return self._classify(texts)
+
+    classify.__doc__ = "Classify a batch of texts (BentoML batches concurrent requests)."
+    runner_cls = type(f"{prefix}Runner", (KttRunner,), {
+        "__module__": module, "__qualname__": f"{prefix}Runner", "model_name": model_name,
+        "settings": settings, "stored_model": bentoml.models.BentoModel(settings.model_tag),
+        "classify": bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
+                                max_latency_ms=settings.max_latency_ms)(classify),
+    })
+    runner = bentoml.service(name=f"{prefix.lower()}-runner", workers=1)(runner_cls)
+    api_cls = type(f"{prefix}Service", (KttApi,), {
+        "__module__": module, "__qualname__": f"{prefix}Service", "model_name": model_name,
+        "settings": settings, "runner": bentoml.depends(runner),
+    })
+    api = bentoml.service(name=f"{prefix.lower()}", workers=1, traffic={"timeout": 60})(api_cls)
+    return runner, api

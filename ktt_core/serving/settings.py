@@ -1,0 +1,69 @@
+"""Service settings, read from the environment (``ktt serve`` sets them for its child).
+
+BentoML imports a service module in every worker process, so settings travel as
+environment variables rather than arguments.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ktt_core.errors import KttError
+
+
+def _int(name: str, default: int, low: int = 1) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise KttError(f"environment variable {name}={raw!r}: expected an integer") from None
+    if value < low:
+        raise KttError(f"environment variable {name}={value}: must be at least {low}")
+    return value
+
+
+def _model_tag(model_name: str) -> str:
+    """KTT_BENTO_MODEL, for the model named by KTT_MODEL (a plugin module may define several)."""
+    if os.environ.get("KTT_MODEL", model_name) == model_name and os.environ.get("KTT_BENTO_MODEL"):
+        return os.environ["KTT_BENTO_MODEL"]
+    return f"ktt-{model_name}:latest"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    model_tag: str          # BentoML model store tag (KTT_BENTO_MODEL)
+    runtime: str            # torch | onnx (KTT_RUNTIME)
+    max_batch_size: int     # adaptive batching: texts per model call (KTT_MAX_BATCH_SIZE)
+    max_latency_ms: int     # adaptive batching: longest wait for a batch (KTT_MAX_LATENCY_MS)
+    max_texts: int          # texts per request (KTT_MAX_TEXTS)
+    max_text_chars: int     # characters per text (KTT_MAX_TEXT_CHARS)
+    max_top_k: int          # largest top_k a request may ask for (KTT_MAX_TOP_K)
+    decoding: str           # consistent | per-level (KTT_DECODING)
+    threshold: float | None  # non-leaf predictions (KTT_THRESHOLD)
+    monitor_url: str        # drift monitor base URL, "" for none (KTT_MONITOR_URL)
+    monitor_queue: int      # rows waiting for the monitor before new ones are dropped (KTT_MONITOR_QUEUE)
+
+    @classmethod
+    def from_env(cls, model_name: str = "") -> "ServiceSettings":
+        runtime = os.environ.get("KTT_RUNTIME", "torch")
+        decoding = os.environ.get("KTT_DECODING", "consistent")
+        if runtime not in ("torch", "onnx"):
+            raise KttError(f"KTT_RUNTIME={runtime!r}: expected torch or onnx")
+        if decoding not in ("consistent", "per-level"):
+            raise KttError(f"KTT_DECODING={decoding!r}: expected consistent or per-level")
+        threshold = os.environ.get("KTT_THRESHOLD", "")
+        return cls(
+            model_tag=_model_tag(model_name),
+            runtime=runtime,
+            max_batch_size=_int("KTT_MAX_BATCH_SIZE", 64),
+            max_latency_ms=_int("KTT_MAX_LATENCY_MS", 2000),
+            max_texts=_int("KTT_MAX_TEXTS", 256),
+            max_text_chars=_int("KTT_MAX_TEXT_CHARS", 10_000),
+            max_top_k=_int("KTT_MAX_TOP_K", 10),
+            decoding=decoding,
+            threshold=float(threshold) if threshold else None,
+            monitor_url=os.environ.get("KTT_MONITOR_URL", "").rstrip("/"),
+            monitor_queue=_int("KTT_MONITOR_QUEUE", 2000),
+        )
