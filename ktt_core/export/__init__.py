@@ -34,12 +34,16 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
 
         tag = bentos.save_model(plugins, model, path, dataset, include_onnx=out / "onnx" if onnx else None)
         yield f"BentoML model saved: {tag} (ktt serve {model_name} {dataset})"
+        spec = plugins.model(model_name)
         if build:
-            yield f"Bento built: {bentos.build(plugins.model(model_name), tag, out / 'bento')}"
+            yield f"Bento built: {bentos.build(spec, tag, out / 'bento')} (bentoml containerize it)"
         if monitoring:
             from ktt_core.export.compose import write_compose
 
-            yield f"docker-compose stack written to {write_compose(plugins.model(model_name), tag, out / 'compose')}"
+            reference = path.parent / "reference.parquet"
+            if not reference.is_file():
+                raise KttError(f"{path.parent}: no reference set for the monitor; train with --reference")
+            yield f"docker-compose stack written to {write_compose(spec, tag, out / 'compose', reference)}"
 
 
 def export_with_hook(plugins, model, fmt: str, directory: Path) -> Path:

@@ -62,15 +62,29 @@ def stop_service(process: subprocess.Popen, grace: float = 15.0) -> None:
         pass
 
 
-def run_until_interrupted(processes: list[subprocess.Popen]) -> int:
-    """Block while the services run; Ctrl-C (or one exiting) stops them all. Returns an exit code."""
+def run_until_interrupted(main: subprocess.Popen, companions: list[subprocess.Popen] = (),
+                          echo=print) -> int:
+    """Block while ``main`` runs; Ctrl-C stops everything. Returns ``main``'s exit code.
+
+    A companion (the drift monitor) that dies is reported, and ``main`` goes on serving.
+    """
+    reported = set()
+
+    def interrupt(signum, frame):  # SIGTERM (docker stop, a test's cleanup) stops the children too
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        while all(p.poll() is None for p in processes):
+        while main.poll() is None:
+            for process in companions:
+                if process.poll() is not None and process.pid not in reported:
+                    reported.add(process.pid)
+                    echo(f"warning: companion process {process.pid} exited ({process.returncode}); serving goes on")
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for process in processes:
+        signal.signal(signal.SIGTERM, previous)
+        for process in (main, *companions):
             stop_service(process)
-    return max((p.returncode or 0) for p in processes if p.returncode and p.returncode > 0) if any(
-        p.returncode and p.returncode > 0 for p in processes) else 0
+    return main.returncode if main.returncode and main.returncode > 0 else 0

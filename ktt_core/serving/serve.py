@@ -36,15 +36,15 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
         if monitoring:
             from ktt_core.monitoring.launch import start_monitor
 
-            processes.append(start_monitor(reference, model_name, host, monitor_port))
+            processes.append(start_monitor(reference, model_name, host, monitor_port, window=500))
             env["KTT_MONITOR_URL"] = f"http://{host}:{monitor_port}"
             echo(f"drift monitor on http://{host}:{monitor_port} (/metrics)")
         service = start_service(spec.service, host, port, env)
-        processes.append(service)
+        processes.insert(0, service)
         wait_ready(service, f"http://{host}:{port}", timeout=300)
     except BaseException:
         for process in processes:
             stop_service(process)
         raise
     echo(f"ready: POST http://{host}:{port}/predict  {{\"text\": \"...\"}}   (/metrics, /readyz; Ctrl-C stops)")
-    return run_until_interrupted(processes)
+    return run_until_interrupted(processes[0], processes[1:], echo)

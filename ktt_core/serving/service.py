@@ -133,6 +133,11 @@ class KttApi:
         return {"model": self.model_name, "predictions": out}
 
 
+# BentoML 1.4 renews the API -> runner HTTP session every 100 requests and closes the old one
+# while concurrent requests still use it ("Connector is closed", HTTP 500 under load).
+NO_SESSION_REFRESH = {"max_requests": 2**31 - 1, "max_age": 10.0 ** 9}
+
+
 def define_service(model_name: str, module: str, prefix: str):
     """The runner and API service classes of ``model_name``, to assign in the plugin's module:
 
@@ -150,10 +155,12 @@ def define_service(model_name: str, module: str, prefix: str):
         "classify": bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
                                 max_latency_ms=settings.max_latency_ms)(classify),
     })
-    runner = bentoml.service(name=f"{prefix.lower()}-runner", workers=1)(runner_cls)
+    runner = bentoml.service(name=f"{prefix.lower()}-runner", workers=1, runner_connection=NO_SESSION_REFRESH)(
+        runner_cls)
     api_cls = type(f"{prefix}Service", (KttApi,), {
         "__module__": module, "__qualname__": f"{prefix}Service", "model_name": model_name,
         "settings": settings, "runner": bentoml.depends(runner),
     })
-    api = bentoml.service(name=f"{prefix.lower()}", workers=1, traffic={"timeout": 60})(api_cls)
+    api = bentoml.service(name=f"{prefix.lower()}", workers=1, traffic={"timeout": 60},
+                          runner_connection=NO_SESSION_REFRESH)(api_cls)
     return runner, api

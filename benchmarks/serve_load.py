@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""Load test of a KTT BentoML service: throughput, latency, errors, memory, against offline inference.
+
+One run on one machine:
+
+1. OFFLINE baseline: the same model, loaded in this process, predicts the same texts in
+   batches (``TorchPredictor.run``, batch 64) — what the hardware gives without a server.
+2. SERVED: ``ktt serve`` starts the model's BentoML service on 127.0.0.1 (with the drift
+   monitor when ``--monitoring``); N requests, one text each, go out at concurrency C.
+   ``--bad-share`` of them are malformed (invalid JSON, wrong types, empty, too long ...).
+
+It reports requests/s, p50/p99 latency, answers by status, 5xx count, whether every good
+request got the offline answer (same path), the server's memory (RSS of its process tree)
+after warm-up and at the end, and ``served_share`` = served texts/s / offline texts/s
+(goal >= 0.7). ``--stop-monitor-at F`` kills the drift monitor after a fraction F of the
+requests, to show that predictions go on. ``--json FILE`` writes the figures.
+
+    python benchmarks/serve_load.py MODEL DATASET --workspace WS [--requests 2000] [--concurrency 32]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Malformed requests mixed into the load: (body, content type). Each must get a 4xx.
+BAD_REQUESTS = [
+    (b'{"text": ', "application/json"),                       # invalid JSON
+    (b'{"text": 42}', "application/json"),                     # not a string
+    (b'{"text": "   "}', "application/json"),                  # empty text
+    (b'{"texts": "not a list"}', "application/json"),          # texts not a list
+    (b'{"texts": []}', "application/json"),                    # no texts
+    (b'{}', "application/json"),                               # nothing to predict
+    (json.dumps({"text": "x" * 20_000}).encode(), "application/json"),  # over-long text
+    (json.dumps({"texts": ["a"] * 1000}).encode(), "application/json"),  # too many texts
+    (b'{"text": "ok", "top_k": -3}', "application/json"),      # bad top_k
+    (b"\xff\xfe\x00garbage", "application/json"),              # not UTF-8
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its children, in bytes."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+async def run_load(url: str, texts: list[str], expected: dict[str, list[str]], requests: int,
+                   concurrency: int, bad_share: float, seed: int = 0, on_progress=None) -> dict:
+    """Send ``requests`` POST /predict at ``concurrency``; returns counts and latencies.
+
+    ``on_progress(done)`` is called after each answer (e.g. to stop the monitor halfway).
+    """
+    import httpx
+
+    rng = random.Random(seed)
+    plan = [("bad", rng.choice(BAD_REQUESTS)) if rng.random() < bad_share else ("good", rng.choice(texts))
+            for _ in range(requests)]
+    latencies: list[float] = []
+    status: dict[str, int] = {}
+    wrong: list[dict] = []
+    bad_accepted = 0
+    transport_errors = 0
+    done = 0
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in plan:
+        queue.put_nowait(item)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal done, bad_accepted, transport_errors
+        while True:
+            try:
+                kind, payload = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if kind == "good":
+                body, ctype = json.dumps({"text": payload}).encode(), "application/json"
+            else:
+                body, ctype = payload
+            started = time.perf_counter()
+            try:
+                response = await client.post(f"{url}/predict", content=body, headers={"content-type": ctype})
+            except httpx.HTTPError:
+                transport_errors += 1
+                done += 1
+                continue
+            elapsed = time.perf_counter() - started
+            code = str(response.status_code)
+            status[code] = status.get(code, 0) + 1
+            if kind == "good":
+                latencies.append(elapsed)
+                if response.status_code != 200:
+                    wrong.append({"text": payload, "status": response.status_code, "body": response.text[:200]})
+                else:
+                    path = response.json()["predictions"][0]["path"]
+                    if path != expected[payload]:
+                        wrong.append({"text": payload, "got": path, "expected": expected[payload]})
+            elif not 400 <= response.status_code < 500:
+                bad_accepted += 1
+            done += 1
+            if on_progress is not None:
+                on_progress(done)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    good = sum(1 for kind, _ in plan if kind == "good")
+    return {"requests": requests, "good_requests": good, "bad_requests": requests - good,
+            "concurrency": concurrency, "seconds": round(seconds, 3),
+            "requests_per_s": round(requests / seconds, 1), "good_texts_per_s": round(good / seconds, 1),
+            "p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "status": dict(sorted(status.items())),
+            "server_errors_5xx": sum(n for code, n in status.items() if code.startswith("5")),
+            "transport_errors": transport_errors, "wrong_answers": len(wrong), "wrong_examples": wrong[:5],
+            "bad_requests_not_4xx": bad_accepted}
+
+
+def offline_baseline(predictor, texts: list[str], repeats: int) -> tuple[dict[str, list[str]], float]:
+    """Each text's offline path, and offline texts/s over ``repeats`` passes (after a warm-up)."""
+    predictor.run(texts[:64])
+    started = time.perf_counter()
+    for _ in range(repeats):
+        predictions, _ = predictor.run(texts)
+    per_second = repeats * len(texts) / (time.perf_counter() - started)
+    h = predictor.hierarchy
+    paths = {}
+    for text, ids in zip(texts, predictions.level_ids):
+        paths[text] = [h.classes[d][c] for d, c in enumerate(ids) if not h.is_placeholder[h.level_offsets[d] + c]]
+    return paths, per_second
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("dataset")
+    parser.add_argument("--workspace", default=os.environ.get("KTT_HOME", "."))
+    parser.add_argument("--run", default=None, help="run folder (default: the latest)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--bad-share", type=float, default=0.1, help="share of malformed requests")
+    parser.add_argument("--texts", type=int, default=500, help="distinct texts, from the dataset's test split")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-latency-ms", type=int, default=2000)
+    parser.add_argument("--monitoring", action="store_true", help="run the drift monitor beside the service")
+    parser.add_argument("--stop-monitor-at", type=float, default=None,
+                        help="kill the drift monitor after this fraction of the requests")
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args(argv)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+    import subprocess
+
+    import torch
+
+    from ktt_core.data.datasets import Dataset
+    from ktt_core.jobs import load_model, resolve_checkpoint
+    from ktt_core.plugins import get_plugins
+    from ktt_core.serving.launch import bentoml_env, stop_service, wait_ready
+    from ktt_core.serving.predictor import TorchPredictor
+    from ktt_core.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    checkpoint = resolve_checkpoint(ws, args.model, args.dataset, args.run, None)
+    texts = list(dict.fromkeys(Dataset(ws.dataset_dir(args.dataset)).split("test")["text"]))[: args.texts]
+    predictor = TorchPredictor(load_model(get_plugins(), args.model, checkpoint))
+    expected, offline = offline_baseline(predictor, texts, repeats=max(1, 2000 // len(texts)))
+    del predictor
+    print(f"offline batch inference: {offline:.0f} texts/s ({len(texts)} texts, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads)")
+
+    port, monitor_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "ktt_core", "--workspace", str(ws.root), "serve", args.model, args.dataset,
+           "--checkpoint", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
+           "--max-batch-size", str(args.max_batch_size), "--max-latency-ms", str(args.max_latency_ms)]
+    if args.monitoring:
+        cmd += ["--monitoring", "--monitor-port", str(monitor_port)]
+    server = subprocess.Popen(cmd, env=bentoml_env({}), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(server, url, timeout=300)
+        # Warm-up: fill the adaptive batcher's history and the allocators before measuring memory.
+        asyncio.run(run_load(url, texts, expected, min(300, args.requests), args.concurrency, 0.0, seed=1))
+        rss_warm = tree_rss(server.pid)
+        monitor_stopped = {"at": None}
+
+        def on_progress(done: int) -> None:
+            if (args.monitoring and args.stop_monitor_at is not None and monitor_stopped["at"] is None
+                    and done >= args.stop_monitor_at * args.requests):
+                kill_monitor(server.pid, monitor_port)
+                monitor_stopped["at"] = done
+
+        result = asyncio.run(run_load(url, texts, expected, args.requests, args.concurrency, args.bad_share,
+                                      on_progress=on_progress))
+        rss_end = tree_rss(server.pid)
+    finally:
+        stop_service(server)
+    result.update({
+        "model": args.model, "offline_texts_per_s": round(offline, 1),
+        "served_share": round(result["good_texts_per_s"] / offline, 3),
+        "rss_after_warmup_mb": round(rss_warm / 2**20, 1), "rss_end_mb": round(rss_end / 2**20, 1),
+        "rss_growth": round(rss_end / rss_warm - 1, 4) if rss_warm else None,
+        "monitoring": args.monitoring, "monitor_stopped_after": monitor_stopped["at"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(),
+    })
+    for key in ("requests", "concurrency", "seconds", "requests_per_s", "good_texts_per_s", "p50_ms", "p99_ms",
+                "status", "server_errors_5xx", "transport_errors", "wrong_answers", "bad_requests_not_4xx",
+                "offline_texts_per_s", "served_share", "rss_after_warmup_mb", "rss_end_mb", "rss_growth",
+                "monitor_stopped_after"):
+        print(f"{key:>22}: {result[key]}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    ok = (result["server_errors_5xx"] == 0 and result["wrong_answers"] == 0 and result["transport_errors"] == 0
+          and result["bad_requests_not_4xx"] == 0)
+    return 0 if ok else 1
+
+
+def kill_monitor(server_pid: int, monitor_port: int) -> None:
+    """Kill the drift monitor child of ``ktt serve`` (the process tree listening on its port)."""
+    import signal
+
+    import psutil
+
+    for proc in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if any(c.laddr and c.laddr.port == monitor_port for c in proc.net_connections(kind="tcp")):
+                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+                return
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+            continue
+    raise RuntimeError(f"no process of the service tree listens on port {monitor_port}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
