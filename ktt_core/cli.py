@@ -227,9 +227,15 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the model.")
 @click.option("--dvc", "use_dvc", is_flag=True,
               help="Track each run's best.pt and last.pt with DVC and push it (see ktt init --dvc).")
+@click.option("--resume", "resume", type=click.Path(file_okay=False), default=None, metavar="RUN_DIR",
+              help="Continue the interrupted run in RUN_DIR from its last.pt, with its config "
+                   "(--epochs may raise the epoch count).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Also write last.pt every N training steps, so a crash loses less "
+                   "(default 0: at epoch ends only).")
 @click.pass_context
 def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference,
-          freeze_encoder, compile_, use_dvc):
+          freeze_encoder, compile_, use_dvc, resume, checkpoint_every):
     """Train MODELS (comma list) on DATASETS (comma list)."""
     from ktt_core import jobs
     from ktt_core.distributed import shutdown
@@ -241,12 +247,15 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
         _require_dvc(ctx)
     plugins = _plugins()
     plan = [(plugins.model(m), d) for m in _split_list(models, "MODELS") for d in _split_list(datasets, "DATASETS")]
+    if resume and len(plan) != 1:
+        raise KttError("--resume continues one run: give one MODEL and one DATASET")
     for _, d in plan:
         ws.dataset_dir(d)  # fail on an unknown dataset before any training starts
     try:
         for spec, dataset in plan:
             jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
-                       reference=reference, echo=click.echo, dvc=use_dvc)
+                       reference=reference, echo=click.echo, dvc=use_dvc, resume=resume,
+                       checkpoint_every=checkpoint_every)
     finally:
         shutdown()
 
@@ -386,6 +395,87 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
         click.echo("  " + " > ".join(f"{lv['label']} ({lv['score']:.3f})" for lv in result["levels"]))
         for rank, alt in enumerate(result["top_k"] or [], 1):
             click.echo(f"  {rank}. {' > '.join(alt['path'])}  {alt['score']:.3f}")
+
+
+# -- export / serve / monitor -----------------------------------------------------------------
+def _run_options(f):
+    f = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                     help="Checkpoint file to use.")(f)
+    f = click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+                     help="Run folder (its best.pt) to use; default: the latest run.")(f)
+    return f
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@_run_options
+@click.option("--onnx", "to_onnx", is_flag=True, help="Write an ONNX model (encoder + head) with its tokenizer.")
+@click.option("--bento", "to_bento", is_flag=True, help="Save the model into the BentoML model store.")
+@click.option("--build", is_flag=True, help="With --bento: also build a Bento (offline) from the plugin's service.")
+@click.option("--monitoring", is_flag=True,
+              help="With --bento: also write docker-compose.yaml with the monitor, Prometheus and Grafana.")
+@click.option("--output", type=click.Path(file_okay=False), default=None,
+              help="Folder for the files written (default: RUN/export).")
+@click.pass_context
+def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, monitoring, output):
+    """Export a trained MODEL: --onnx, --bento (BentoML model store), --build (a Bento)."""
+    from ktt_core import export as exporting
+
+    if not (to_onnx or to_bento):
+        raise KttError("say what to export: --onnx and/or --bento")
+    if (build or monitoring) and not to_bento:
+        raise KttError("--build and --monitoring go with --bento")
+    for line in exporting.export_run(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
+                                     onnx=to_onnx, bento=to_bento, build=build, monitoring=monitoring,
+                                     output=output):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@_run_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="Run the model with PyTorch or with onnxruntime.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Adaptive batching: most texts per model call.")
+@click.option("--max-latency-ms", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Adaptive batching: most time a request may wait for its batch.")
+@click.option("--monitoring", is_flag=True, help="Also run the drift monitor and send it every prediction.")
+@click.option("--monitor-port", type=click.IntRange(1, 65535), default=None,
+              help="Port of the drift monitor (default: --port + 1).")
+@click.pass_context
+def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, max_batch_size, max_latency_ms,
+          monitoring, monitor_port):
+    """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
+    from ktt_core.serving import serve as serving
+
+    code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
+                         runtime=runtime, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
+                         monitoring=monitoring, monitor_port=monitor_port or port + 1, echo=click.echo)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@_run_options
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False), default=None,
+              help="Reference set (parquet); default: the run's reference.parquet.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=3001, show_default=True)
+@click.option("--window", type=click.IntRange(min=10), default=500, show_default=True,
+              help="Live rows compared with the reference (a sliding window).")
+@click.pass_context
+def monitor(ctx, model, dataset, checkpoint, run_dir, reference_path, host, port, window):
+    """Run the drift monitor of a trained MODEL on its own (POST /ingest, /metrics)."""
+    from ktt_core.monitoring import launch as monitoring
+
+    sys.exit(monitoring.run_monitor(_workspace(ctx), model, dataset, run_dir, checkpoint, reference_path,
+                                    host=host, port=port, window=window, echo=click.echo))
 
 
 def main() -> None:

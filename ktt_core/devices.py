@@ -1,6 +1,7 @@
 """Device choice and reproducibility."""
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -32,6 +33,33 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every random generator training draws from, as checkpointable values (plain-tensor
+    and JSON, so a checkpoint stays loadable with ``weights_only``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {"python_json": json.dumps([version, list(internal), gauss]),
+             "numpy_json": json.dumps([kind, keys.tolist(), pos, has_gauss, cached]),
+             "torch": torch.get_rng_state()}
+    # Only when CUDA is in use: querying it would otherwise start a CUDA context.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states for the devices present)."""
+    version, internal, gauss = json.loads(state["python_json"])
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = json.loads(state["numpy_json"])
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        for index, value in enumerate(cuda[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(value, index)
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:

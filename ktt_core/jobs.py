@@ -30,23 +30,46 @@ from ktt_core.workspace import Workspace
 
 def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
           dry_run: bool = False, reference: bool = False, echo: Callable = print,
-          dvc: bool = False) -> Path | None:
+          dvc: bool = False, resume: str | Path | None = None,
+          checkpoint_every: int | None = None) -> Path | None:
     """Train ``spec`` on a dataset; returns the run folder (None for a dry run).
 
     Under torchrun every process runs this; rank 0 alone prints and writes files.
     With ``dvc``, rank 0 tracks ``best.pt`` and ``last.pt`` with DVC at the end (see versioning).
+    With ``resume`` (a run folder), the run continues from its ``last.pt`` with the config of
+    its ``config.json``; ``layers`` may only raise ``epochs`` (see docs/reliability.md).
+    ``checkpoint_every`` N also writes ``last.pt`` every N steps (None: the run's setting, or 0).
     """
     if dvc:
         versioning.require_repo(ws.root)  # before any work
-    config = resolve_config(spec, layers)
+    saved = None
+    if resume is not None:
+        saved = open_run(ws, resume, spec.name, dataset_name)
+        config = resume_config(spec, saved, layers)
+        if checkpoint_every is None:
+            checkpoint_every = saved["settings"].get("checkpoint_every", 0)
+    else:
+        config = resolve_config(spec, layers)
+    checkpoint_every = checkpoint_every or 0
     dataset = Dataset(ws.dataset_dir(dataset_name))
     device = resolve_device(device)
     cluster = cluster_from_env(device)
     if device.type == "cuda" and cluster.active:
         device = torch.device("cuda", cluster.local_rank)
+    if checkpoint_every and cluster.active:
+        raise KttError("--checkpoint-every is not supported under torchrun (checkpoints are written at epoch ends)")
     say = echo if cluster.is_main else (lambda *a, **k: None)
+    if saved is not None:
+        done = saved["checkpoint"]["training"]
+        if done.get("epoch_done") and done.get("epoch", 0) >= config["epochs"]:
+            say(f"run {saved['directory']} already finished ({done['epoch']} of {config['epochs']} epochs); "
+                "nothing to do (raise --epochs to train longer)")
+            return saved["directory"]
     seed_everything(config["seed"])
     model = plugins.hook.ktt_build_model(spec=spec, hierarchy=dataset.hierarchy, config=config)
+    if saved is not None and saved["checkpoint"]["hierarchy"] != dataset.hierarchy.to_dict():
+        raise KttError(f"--resume {saved['directory']}: dataset '{dataset_name}' has another label hierarchy "
+                       "than when this run started; cannot resume")
     train_df, val_df = dataset.split("train"), dataset.split("val")
     if len(train_df) == 0 or len(val_df) == 0:
         raise KttError(f"dataset '{dataset_name}' needs rows in train and val; re-import with other --split-ratios")
@@ -58,16 +81,25 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
     say(f"{spec.name} on {dataset_name}: {len(train_split)} train / {len(val_split)} val rows, "
         f"{dataset.hierarchy.summary()}, {n_params / 1e6:.1f}M parameters, encoder {config['encoder']}, "
         f"device {device}" + (f", {cluster.world} processes" if cluster.active else ""))
+    if saved is not None:
+        say(f"resuming {saved['directory']} from {describe_position(saved['checkpoint']['training'])} "
+            f"of {config['epochs']}")
     if dry_run:
         say("dry run: config " + json.dumps(config))
         return None
-    run_dir = cluster.broadcast(ws.new_run_dir(spec.name, dataset_name) if cluster.is_main else None)
+    if saved is not None:
+        run_dir = saved["directory"]
+    else:
+        run_dir = cluster.broadcast(ws.new_run_dir(spec.name, dataset_name) if cluster.is_main else None)
     if cluster.is_main:
         atomic_write_json(run_dir / "config.json", {"model": spec.name, "dataset": dataset_name,
                                                     "plugin": spec.plugin, "plugin_version": spec.plugin_version,
-                                                    "processes": cluster.world, "config": config})
+                                                    "processes": cluster.world,
+                                                    "checkpoint_every": checkpoint_every, "config": config})
     started = time.perf_counter()
-    run = RunContext(run_dir, device, config["epochs"], config["seed"], say, cluster, cache_dir)
+    run = RunContext(run_dir, device, config["epochs"], config["seed"], say, cluster, cache_dir,
+                     checkpoint_every=checkpoint_every,
+                     resume=saved["checkpoint"] if saved is not None else None)
     history = plugins.hook.ktt_fit(model=model, train=train_split, val=val_split, run=run)
     if not cluster.is_main:
         return run_dir
@@ -86,6 +118,61 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         say(versioning.track(ws.root, [run_dir / name for name in ("best.pt", "last.pt")
                                        if (run_dir / name).is_file()]))
     return run_dir
+
+
+def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> dict:
+    """The run folder to resume: its settings (config.json) and its verified ``last.pt``.
+
+    KttError when the folder is missing, has nothing to resume from, or holds a run of
+    another model or dataset.
+    """
+    directory = Path(run_dir).resolve()
+    if not directory.is_dir():
+        raise KttError(f"--resume {run_dir}: no such run folder")
+    last = directory / "last.pt"
+    if not last.is_file() and versioning.is_tracked(last):
+        versioning.ensure_local(last, ws.root, what="checkpoint")
+    if not last.is_file():
+        raise KttError(f"--resume {run_dir}: no last.pt in that folder, nothing to resume from")
+    try:
+        settings = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        holds = (settings["model"], settings["dataset"])
+        if not isinstance(settings["config"], dict):
+            raise TypeError("config is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KttError(f"--resume {run_dir}: no readable config.json in that folder ({exc})") from None
+    if holds != (model, dataset):
+        raise KttError(f"--resume {run_dir}: that folder holds a run of {holds[0]} on {holds[1]}, "
+                       f"not {model} on {dataset}")
+    checkpoint = load_checkpoint(last)
+    if checkpoint["model"] != model:
+        raise KttError(f"{last}: checkpoint holds a {checkpoint['model']} model, not {model}")
+    if not checkpoint.get("resume") or "epoch_done" not in checkpoint["training"]:
+        raise KttError(f"{last}: checkpoint has no resume state (written by an older KTT); cannot resume from it")
+    return {"directory": directory, "settings": settings, "checkpoint": checkpoint}
+
+
+def resume_config(spec: ModelSpec, saved: dict, layers: list) -> dict:
+    """The run's own config; ``layers`` (--config, --set, options) may repeat its values
+    and raise ``epochs`` (to train longer), nothing else: a resumed run must go on as it began."""
+    origin = f"{saved['directory'] / 'config.json'}"
+    base = resolve_config(spec, [(origin, saved["settings"]["config"])])
+    config = resolve_config(spec, [(origin, saved["settings"]["config"]), *layers])
+    for key in config:
+        if key == "epochs" and config[key] < base[key]:
+            raise KttError(f"--resume: epochs {config[key]} is below the run's {base[key]}; "
+                           "a resumed run can only train longer")
+        if key != "epochs" and config[key] != base[key]:
+            raise KttError(f"--resume: {key} is {base[key]!r} in {origin}, not {config[key]!r}; "
+                           "a resumed run keeps its config (only --epochs may be raised)")
+    return config
+
+
+def describe_position(training: dict) -> str:
+    """``"the end of epoch 2"`` or ``"epoch 3, step 40"``, from a checkpoint's training state."""
+    if training.get("epoch_done", True):
+        return f"the end of epoch {training.get('epoch')}"
+    return f"epoch {training.get('epoch')}, step {training.get('step')}"
 
 
 def resolve_checkpoint(ws: Workspace, model: str, dataset: str, run_dir: str | None,

@@ -2,7 +2,15 @@
 
 Per epoch: train with the head's loss, validate, append the epoch's metrics to
 ``metrics.jsonl``, save ``last.pt`` (with optimizer state, to resume) and, when the
-monitored validation metric improves, ``best.pt``.
+monitored validation metric improves, ``best.pt``. With ``checkpoint_every`` N, ``last.pt``
+is also written every N steps, with the position inside the epoch.
+
+Resuming (``RunContext.resume``, from ``ktt train --resume``) restores the weights,
+optimizer, scheduler, RNG states, best score and the position, and skips the batches of
+the epoch already trained: the sampler is seeded per epoch, so the rest of the epoch sees
+the same batches in the same order as an uninterrupted run would, with the same dropout
+masks. On the same device and thread count, a resumed run ends bit-identical to one that
+never stopped. See docs/reliability.md.
 
 Speed: batches of similar length (little padding), no host syncs inside the loop, bf16
 autocast, fused AdamW and pinned memory on CUDA, optional ``torch.compile``. With
@@ -13,6 +21,9 @@ metrics are reduced; rank 0 alone writes files.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,15 +33,17 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ktt_core.checkpoint import save_checkpoint
 from ktt_core.data.batches import EncodedSplit, LengthGroupedBatches, train_loader
 from ktt_core.data.cache import cache_key, load_or_compute
 from ktt_core.decoding import decode
-from ktt_core.devices import autocast
+from ktt_core.devices import autocast, rng_state, set_rng_state
 from ktt_core.distributed import SINGLE, Cluster
-from ktt_core.files import append_jsonl
+from ktt_core.errors import KttError
+from ktt_core.files import append_jsonl, atomic_write_text
 from ktt_core.inference import encoder_features, predict
 from ktt_core.metrics import compute_metrics
 
@@ -47,6 +60,45 @@ class RunContext:
     cluster: Cluster = SINGLE
     cache_dir: Path | None = None   # where frozen-encoder features may be cached
     on_epoch: Callable[[dict], None] | None = None  # sees each epoch's record; may raise to stop
+    checkpoint_every: int = 0       # also write last.pt every N training steps (0: at epoch ends only)
+    resume: dict | None = None      # load_checkpoint() of the run's last.pt, to continue from
+
+
+class ResumableBatches(Sampler):
+    """An epoch-seeded batch sampler whose epoch may start part-way through.
+
+    ``set_epoch(e, skip)`` makes the next pass yield epoch ``e``'s batches from number
+    ``skip`` on: a resumed run must not train again on the batches its checkpoint holds.
+    """
+
+    def __init__(self, batches):
+        self.batches, self.skip = batches, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.batches.set_epoch(epoch)
+        self.skip = skip
+
+    def skipped(self) -> list[list[int]]:
+        """The batches this epoch skips (their rows still count in the epoch's statistics)."""
+        return list(itertools.islice(iter(self.batches), self.skip))
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batches), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # the whole epoch: the scheduler's length must not change
+
+
+@dataclass
+class Position:
+    """Where training (re)starts: ``step`` batches of ``epoch`` are already trained."""
+
+    epoch: int = 1
+    step: int = 0
+    best: float = -math.inf
+    seconds: float = 0.0                 # time already spent in this epoch
+    loss_sum: torch.Tensor | None = None  # running loss sum of this epoch's trained batches
+    rng: dict | None = None              # RNG state to restore just before the next step
 
 
 def make_scheduler(optimizer, config: dict, total_steps: int):
@@ -68,10 +120,13 @@ class FullModelSteps:
     def __init__(self, model, train: EncodedSplit, val: EncodedSplit, run: RunContext):
         self.model, self.val, self.run = model, val, run
         cuda = run.device.type == "cuda"
-        self.loader = train_loader(train, model.config["train_batch_size"], run.seed,
-                                   model.config["group_by_length"], run.cluster.rank, run.cluster.world,
-                                   pin_memory=cuda)
-        self.sampler = self.loader.batch_sampler
+        loader = train_loader(train, model.config["train_batch_size"], run.seed,
+                              model.config["group_by_length"], run.cluster.rank, run.cluster.world,
+                              pin_memory=cuda)
+        # The same loader, around a sampler that can start an epoch part-way (resume).
+        self.sampler = ResumableBatches(loader.batch_sampler)
+        self.loader = DataLoader(train, batch_sampler=self.sampler, collate_fn=loader.collate_fn,
+                                 pin_memory=loader.pin_memory)
         self.trained = model
         if run.cluster.active:
             # find_unused_parameters: encoders such as BERT carry a pooler the heads never use.
@@ -100,8 +155,9 @@ class FrozenEncoderSteps:
         self.train_x = self._features(train)
         self.train_y = torch.from_numpy(train.targets)
         self.val_x, self.val_targets = self._features(val), val.targets
-        self.sampler = LengthGroupedBatches(np.zeros(len(train), dtype=np.int64), model.config["train_batch_size"],
-                                            run.seed, False, run.cluster.rank, run.cluster.world)
+        self.sampler = ResumableBatches(LengthGroupedBatches(
+            np.zeros(len(train), dtype=np.int64), model.config["train_batch_size"], run.seed, False,
+            run.cluster.rank, run.cluster.world))
         self.trained = model.head
         if run.cluster.active:
             self.trained = DistributedDataParallel(model.head)
@@ -113,8 +169,11 @@ class FrozenEncoderSteps:
         weights = sum(float(p.detach().double().sum()) for p in model.encoder.parameters())
         key = cache_key(model.config["encoder"], model.config["pooling"], model.config.get("precision"),
                         weights, [len(x) for x in split.input_ids], split.input_ids[:50], len(split))
-        stored = load_or_compute(self.run.cache_dir, "features", key,
-                                 lambda: {"x": encoder_features(model, split)})
+        # Computing draws from the global RNG (each DataLoader pass seeds itself) and a cache
+        # hit does not: fork it, so a seed gives the same run whether the cache is warm or not.
+        with torch.random.fork_rng(devices=[]):
+            stored = load_or_compute(self.run.cache_dir, "features", key,
+                                     lambda: {"x": encoder_features(model, split)})
         return stored["x"]
 
     def __iter__(self):
@@ -138,29 +197,64 @@ class FrozenEncoderSteps:
 
 
 def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[dict]:
+    """Train for ``run.epochs`` epochs (from ``run.resume``'s position when given); returns
+    every epoch's record, those of a resumed run's earlier epochs included."""
     config, cluster = model.config, run.cluster
+    if run.resume is not None:
+        load_weights(model, run.resume)  # before the steps: frozen-encoder features come from them
     model.to(run.device)
     steps = (FrozenEncoderSteps if config["freeze_encoder"] else FullModelSteps)(model, train, val, run)
     optimizer = torch.optim.AdamW(steps.parameter_groups, weight_decay=config["weight_decay"],
                                   fused=run.device.type == "cuda")
-    scheduler = make_scheduler(optimizer, config, run.epochs * len(steps.sampler))
+    n_batches = len(steps.sampler)
+    scheduler = make_scheduler(optimizer, config, run.epochs * n_batches)
     monitor = config["monitor"]
-    best = -math.inf
-    history = []
-    for epoch in range(1, run.epochs + 1):
-        started = time.perf_counter()
-        steps.sampler.set_epoch(epoch)
+    writes = run.directory is not None and cluster.is_main
+    mid_epoch = run.checkpoint_every if run.directory is not None else 0
+    if mid_epoch and cluster.active:
+        raise KttError("--checkpoint-every is not supported under torchrun (checkpoints are written at epoch ends)")
+    fingerprint = data_fingerprint(train, val) if run.directory is not None else None
+    position, history = Position(), []
+    if run.resume is not None:
+        position = restore(run.resume, optimizer, scheduler, run, fingerprint, n_batches)
+        if writes:
+            history = trim_metrics(run.directory / "metrics.jsonl", position.epoch - 1)
+        if position.step == 0 and position.rng is not None:
+            # At an epoch boundary the state was saved before the next epoch's DataLoader
+            # drew its seed, so it is restored before that happens again.
+            set_rng_state(position.rng)
+            position.rng = None
+    best = position.best
+
+    def state(epoch: int, step: int, done: bool, seconds: float) -> dict:
+        return {"epoch": epoch, "step": step, "epoch_done": done, "best_score": best, "monitor": monitor,
+                "seconds": seconds, "processes": cluster.world, "batches_per_epoch": n_batches,
+                "data_sha256": fingerprint}
+
+    for epoch in range(position.epoch, run.epochs + 1):
+        resumed = position if epoch == position.epoch and position.step > 0 else None
+        started = time.perf_counter() - (resumed.seconds if resumed else 0.0)
+        steps.sampler.set_epoch(epoch, resumed.step if resumed else 0)
         model.train()
         if config["freeze_encoder"]:
             model.encoder.eval()
         # Losses stay on the device: reading them every step would stall a GPU.
         loss_sum = torch.zeros((), device=run.device)
-        seen = []
+        if resumed is not None and resumed.loss_sum is not None:
+            loss_sum = resumed.loss_sum.to(run.device)
+        seen = [torch.as_tensor(rows, dtype=torch.int64) for rows in steps.sampler.skipped()]
+        pending_rng = resumed.rng if resumed else None
+        step = steps.sampler.skip
         join = steps.trained.join() if cluster.active else contextlib.nullcontext()
-        bar = tqdm(steps, total=len(steps.sampler), desc=f"epoch {epoch}/{run.epochs}", leave=False,
+        bar = tqdm(steps, total=n_batches, initial=step, desc=f"epoch {epoch}/{run.epochs}", leave=False,
                    disable=None if cluster.is_main else True)
         with join:
             for rows, targets, inputs in bar:
+                if pending_rng is not None:
+                    # Mid-epoch: the state was saved after this epoch's DataLoader drew its
+                    # seed, which it has just done again; restore it now, before any dropout.
+                    set_rng_state(pending_rng)
+                    pending_rng = None
                 with autocast(run.device, config["precision"]):
                     loss = model.head.loss(steps.forward(*inputs), targets)
                 optimizer.zero_grad(set_to_none=True)
@@ -172,6 +266,15 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
                 scheduler.step()
                 loss_sum += loss.detach().float() * len(rows)
                 seen.append(rows)
+                step += 1
+                # Not after the last batch: the epoch-end checkpoint follows at once.
+                if writes and mid_epoch and step % mid_epoch == 0 and step < n_batches:
+                    save_checkpoint(run.directory / "last.pt", model, optimizer.state_dict(),
+                                    state(epoch, step, False, time.perf_counter() - started),
+                                    {"scheduler": scheduler.state_dict(), "rng": [rng_state()],
+                                     "loss_sum": loss_sum.detach().clone()})
+        if pending_rng is not None:  # nothing was left to train in this epoch
+            set_rng_state(pending_rng)
         local_rows = torch.cat(seen).numpy() if seen else np.empty(0, np.int64)
         parts = cluster.gather((local_rows, float(loss_sum)))
         all_rows = np.concatenate([p[0] for p in parts])
@@ -192,11 +295,72 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
                     f"val_{monitor} {score:.4f}{'  (best)' if improved else ''}  {record['seconds']:.0f}s")
         if run.on_epoch is not None:
             run.on_epoch(record)
-        if run.directory is not None and cluster.is_main:
-            state = {"epoch": epoch, "best_score": best, "monitor": monitor}
-            append_jsonl(run.directory / "metrics.jsonl", record)
-            save_checkpoint(run.directory / "last.pt", model, optimizer.state_dict(), state)
+        rngs = cluster.gather(rng_state()) if run.directory is not None else None  # every rank's, for resume
+        if writes:
+            # last.pt is the commit point, written last: a crash before it re-runs this epoch
+            # (deterministically), which rewrites best.pt and drops the metrics line again.
+            done = state(epoch, n_batches, True, record["seconds"])
             if improved:
-                save_checkpoint(run.directory / "best.pt", model, optimizer.state_dict(), state)
+                save_checkpoint(run.directory / "best.pt", model, optimizer.state_dict(), done)
+            append_jsonl(run.directory / "metrics.jsonl", record)
+            save_checkpoint(run.directory / "last.pt", model, optimizer.state_dict(), done,
+                            {"scheduler": scheduler.state_dict(), "rng": rngs, "loss_sum": None})
         cluster.barrier()
     return history
+
+
+def data_fingerprint(train: EncodedSplit, val: EncodedSplit) -> str:
+    """SHA-256 of both splits' texts and targets: a run resumes only on the data it started on."""
+    h = hashlib.sha256()
+    for split in (train, val):
+        h.update(len(split).to_bytes(8, "little"))
+        h.update("\0".join(split.texts).encode("utf-8", "surrogatepass"))
+        h.update(np.ascontiguousarray(split.targets, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def load_weights(model, checkpoint: dict) -> None:
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise KttError(f"{checkpoint['path']}: weights do not fit model {model.name} ({first})") from None
+
+
+def restore(checkpoint: dict, optimizer, scheduler, run: RunContext, fingerprint: str,
+            n_batches: int) -> Position:
+    """Optimizer, scheduler, best score and position from a ``last.pt``; where to go on."""
+    path, training, saved = checkpoint["path"], checkpoint["training"], checkpoint.get("resume")
+    if not saved or checkpoint.get("optimizer") is None or "epoch_done" not in training:
+        raise KttError(f"{path}: checkpoint has no resume state (written by an older KTT); cannot resume from it")
+    if training.get("data_sha256") != fingerprint:
+        raise KttError(f"{path}: the dataset's train/val rows changed since this run started; cannot resume")
+    done = bool(training["epoch_done"])
+    if not done and (training.get("processes") != run.cluster.world or training.get("batches_per_epoch") != n_batches):
+        raise KttError(f"{path}: a mid-epoch checkpoint resumes only with the batches it was cut from "
+                       f"({training.get('processes')} process(es), {training.get('batches_per_epoch')} "
+                       "batches per epoch)")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rngs = saved.get("rng") or [None]
+    rng = rngs[run.cluster.rank] if len(rngs) == run.cluster.world else rngs[0]
+    if done:
+        return Position(epoch=int(training["epoch"]) + 1, best=float(training["best_score"]), rng=rng)
+    return Position(epoch=int(training["epoch"]), step=int(training["step"]), best=float(training["best_score"]),
+                    seconds=float(training.get("seconds", 0.0)), loss_sum=saved.get("loss_sum"), rng=rng)
+
+
+def trim_metrics(path: Path, last_epoch: int) -> list[dict]:
+    """Keep the records of epochs up to ``last_epoch`` (those the checkpoint holds), so a
+    resumed run does not log an epoch twice; a line cut short by a crash is dropped."""
+    kept = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= last_epoch:
+                kept.append(record)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return kept

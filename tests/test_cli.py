@@ -174,6 +174,9 @@ def test_test_and_predict_errors(ktt, trained, tmp_path):
     other = tmp_path / "other.pt"
     payload = torch.load(trained / "best.pt", weights_only=True)
     payload["model"] = "db_bhcn"
+    from ktt_core.checkpoint import content_digest  # a forged file must carry a matching content hash
+
+    payload["sha256"] = content_digest({k: v for k, v in payload.items() if k != "sha256"})
     torch.save(payload, other)
     assert_clean_error(ktt("test", "db_linear", "shop", "--checkpoint", other, expect=None),
                        "holds a db_bhcn model, not db_linear")
