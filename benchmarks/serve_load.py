@@ -85,7 +85,7 @@ async def run_load(url: str, texts: list[str], expected: dict[str, list[str]], r
 
     ``on_progress(done)`` is called after each answer (e.g. to stop the monitor halfway).
     """
-    import httpx
+    import aiohttp  # a lighter client than httpx: the load generator shares the machine's CPUs
 
     rng = random.Random(seed)
     plan = [("bad", rng.choice(BAD_REQUESTS)) if rng.random() < bad_share else ("good", rng.choice(texts))
@@ -100,7 +100,7 @@ async def run_load(url: str, texts: list[str], expected: dict[str, list[str]], r
     for item in plan:
         queue.put_nowait(item)
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: aiohttp.ClientSession) -> None:
         nonlocal done, bad_accepted, transport_errors
         while True:
             try:
@@ -113,30 +113,31 @@ async def run_load(url: str, texts: list[str], expected: dict[str, list[str]], r
                 body, ctype = payload
             started = time.perf_counter()
             try:
-                response = await client.post(f"{url}/predict", content=body, headers={"content-type": ctype})
-            except httpx.HTTPError:
+                async with client.post(f"{url}/predict", data=body, headers={"content-type": ctype}) as response:
+                    text = await response.text()
+                    code = response.status
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 transport_errors += 1
                 done += 1
                 continue
             elapsed = time.perf_counter() - started
-            code = str(response.status_code)
-            status[code] = status.get(code, 0) + 1
+            status[str(code)] = status.get(str(code), 0) + 1
             if kind == "good":
                 latencies.append(elapsed)
-                if response.status_code != 200:
-                    wrong.append({"text": payload, "status": response.status_code, "body": response.text[:200]})
+                if code != 200:
+                    wrong.append({"text": payload, "status": code, "body": text[:200]})
                 else:
-                    path = response.json()["predictions"][0]["path"]
+                    path = json.loads(text)["predictions"][0]["path"]
                     if path != expected[payload]:
                         wrong.append({"text": payload, "got": path, "expected": expected[payload]})
-            elif not 400 <= response.status_code < 500:
+            elif not 400 <= code < 500:
                 bad_accepted += 1
             done += 1
             if on_progress is not None:
                 on_progress(done)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         seconds = time.perf_counter() - started
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=500, help="distinct texts, from the dataset's test split")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-latency-ms", type=int, default=2000)
+    parser.add_argument("--torch-threads", type=int, default=0, help="the runner's torch threads (0: default)")
     parser.add_argument("--monitoring", action="store_true", help="run the drift monitor beside the service")
     parser.add_argument("--stop-monitor-at", type=float, default=None,
                         help="kill the drift monitor after this fraction of the requests")
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
            "--max-batch-size", str(args.max_batch_size), "--max-latency-ms", str(args.max_latency_ms)]
     if args.monitoring:
         cmd += ["--monitoring", "--monitor-port", str(monitor_port)]
-    server = subprocess.Popen(cmd, env=bentoml_env({}), start_new_session=True,
+    server = subprocess.Popen(cmd, env=bentoml_env({"KTT_TORCH_THREADS": args.torch_threads}), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run_load(url, texts, expected, args.requests, args.concurrency, args.bad_share,
                                       on_progress=on_progress))
         rss_end = tree_rss(server.pid)
+        batch = mean_batch_size(url)
     finally:
         stop_service(server)
     result.update({
@@ -238,13 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         "served_share": round(result["good_texts_per_s"] / offline, 3),
         "rss_after_warmup_mb": round(rss_warm / 2**20, 1), "rss_end_mb": round(rss_end / 2**20, 1),
         "rss_growth": round(rss_end / rss_warm - 1, 4) if rss_warm else None,
+        "mean_batch_size": batch, "max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms,
+        "torch_threads": args.torch_threads or "default",
         "monitoring": args.monitoring, "monitor_stopped_after": monitor_stopped["at"],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
         "date": datetime.date.today().isoformat(),
     })
     for key in ("requests", "concurrency", "seconds", "requests_per_s", "good_texts_per_s", "p50_ms", "p99_ms",
                 "status", "server_errors_5xx", "transport_errors", "wrong_answers", "bad_requests_not_4xx",
-                "offline_texts_per_s", "served_share", "rss_after_warmup_mb", "rss_end_mb", "rss_growth",
+                "offline_texts_per_s", "served_share", "mean_batch_size", "rss_after_warmup_mb", "rss_end_mb", "rss_growth",
                 "monitor_stopped_after"):
         print(f"{key:>22}: {result[key]}")
     if args.json_path:
@@ -252,6 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     ok = (result["server_errors_5xx"] == 0 and result["wrong_answers"] == 0 and result["transport_errors"] == 0
           and result["bad_requests_not_4xx"] == 0)
     return 0 if ok else 1
+
+
+def mean_batch_size(url: str) -> float | None:
+    """Texts per model call so far, from BentoML's adaptive batching histogram."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    total = lambda name: sum(float(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\S+)$", text, re.M))  # noqa: E731
+    calls = total("bentoml_service_adaptive_batch_size_count")
+    return round(total("bentoml_service_adaptive_batch_size_sum") / calls, 2) if calls else None
 
 
 def kill_monitor(server_pid: int, monitor_port: int) -> None:

@@ -76,7 +76,16 @@ class KttRunner:
     def __init__(self) -> None:
         from ktt_core.export.bento import load_predictor
 
+        import logging
+
+        import torch
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         self.predictor = load_predictor(self.stored_model.path, self.settings.runtime)
+        logging.getLogger("ktt").warning("runner of %s: runtime %s, %d torch threads, batches of up to %d",
+                                         self.model_name, self.settings.runtime, torch.get_num_threads(),
+                                         self.settings.max_batch_size)
         self.monitor = None
         if self.settings.monitor_url:
             from ktt_core.monitoring.client import MonitorClient

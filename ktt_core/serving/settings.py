@@ -44,6 +44,7 @@ class ServiceSettings:
     threshold: float | None  # non-leaf predictions (KTT_THRESHOLD)
     monitor_url: str        # drift monitor base URL, "" for none (KTT_MONITOR_URL)
     monitor_queue: int      # rows waiting for the monitor before new ones are dropped (KTT_MONITOR_QUEUE)
+    torch_threads: int      # the runner's torch threads, 0 = torch's default (KTT_TORCH_THREADS)
 
     @classmethod
     def from_env(cls, model_name: str = "") -> "ServiceSettings":
@@ -66,4 +67,5 @@ class ServiceSettings:
             threshold=float(threshold) if threshold else None,
             monitor_url=os.environ.get("KTT_MONITOR_URL", "").rstrip("/"),
             monitor_queue=_int("KTT_MONITOR_QUEUE", 2000),
+            torch_threads=_int("KTT_TORCH_THREADS", 0, low=0),
         )
