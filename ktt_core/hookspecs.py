@@ -48,6 +48,7 @@ def ktt_fit(model, train, val, run):
     :class:`ktt_core.training.RunContext` (run directory, device, epochs, seed). Write
     ``last.pt``, ``best.pt`` and ``metrics.jsonl`` to ``run.directory`` and return the
     list of per-epoch metric dicts, or ``None`` to leave it to the core's training loop.
+    When ``run.resume`` is set (``ktt train --resume``) continue from that state.
     """
 
 
@@ -78,7 +79,9 @@ def ktt_search_space(spec):
 
 @hookspec(firstresult=True)
 def ktt_export(model, fmt, directory):
-    """Export ``model`` in format ``fmt`` (for example ``"onnx"`` or ``"bento"``) into
-    ``directory`` and return the path written, or ``None`` when this plugin does not
-    export ``model`` in ``fmt``.
+    """Export ``model`` in format ``fmt`` into ``directory`` and return the path written,
+    or ``None`` when this plugin does not export ``model`` in ``fmt``. Formats: ``"onnx"``
+    (``model.onnx`` + tokenizer + ``hierarchy.json`` + ``ktt.json``) and ``"bento"`` (the
+    safe files stored in the BentoML model store: ``checkpoint.pt``, ``hierarchy.json``,
+    ``ktt.json``).
     """
