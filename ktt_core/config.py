@@ -6,6 +6,7 @@ refused with a message that names the key and where it came from.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,6 +50,8 @@ POSITIVE = {"max_length", "train_batch_size", "eval_batch_size", "epochs", "refe
             "encoder_lr", "classifier_lr"}
 FRACTIONS = {"dropout", "warmup_ratio", "label_smoothing"}  # in [0, 1)
 NON_NEGATIVE = {"weight_decay", "grad_clip"}
+#: Inclusive ranges: numpy's global seed must fit in 32 bits.
+RANGES = {"seed": (0, 2**32 - 1)}
 
 
 def defaults_for(spec: ModelSpec) -> dict[str, Any]:
@@ -64,14 +67,22 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
         raise KttError(f"{path}: no such config file") from None
     except UnicodeDecodeError:
         raise KttError(f"{path}: config file is not UTF-8 text") from None
+    except OSError as exc:
+        raise KttError(f"{path}: cannot read the config file ({exc.strerror or type(exc).__name__})") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise KttError(f"{path}: cannot parse config: {' '.join(str(exc).split())}") from None
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an integer of thousands of digits
+        what = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:160]
+        raise KttError(f"{path}: cannot parse config: {what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise KttError(f"{path}: a config file must hold a mapping of key: value")
+    for key in data:
+        if not isinstance(key, str):
+            raise KttError(f"{path}: key {key!r}: keys must be names (strings), got {type(key).__name__}")
     return data
 
 
@@ -84,7 +95,7 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
             raise KttError(f"--set {item!r}: expected key=value")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError, ValueError):
             out[key.strip()] = value
     return out
 
@@ -120,7 +131,12 @@ def coerce(key: str, value: Any, default: Any, origin: str) -> Any:
                 fail("a number")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail("a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            fail("a finite number")
+        if not math.isfinite(value):
+            fail("a finite number")
     elif isinstance(default, str):
         if not isinstance(value, str) or not value:
             fail("a non-empty string")
@@ -132,4 +148,6 @@ def coerce(key: str, value: Any, default: Any, origin: str) -> Any:
         fail("in [0, 1)")
     if key in NON_NEGATIVE and value < 0:
         fail("non-negative")
+    if key in RANGES and not RANGES[key][0] <= value <= RANGES[key][1]:
+        fail(f"in [{RANGES[key][0]}, {RANGES[key][1]}]")
     return value

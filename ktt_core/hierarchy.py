@@ -168,30 +168,54 @@ class Hierarchy:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "hierarchy") -> "Hierarchy":
-        """Validate and rebuild; KttError names what is wrong in ``source``."""
+        """Validate and rebuild; KttError names ``source`` and the field that is wrong.
+
+        The structure is checked against :data:`ktt_core.schemas.HIERARCHY_SCHEMA`, then
+        the rules of a tree of full paths: level ``d`` holds paths of ``d + 1`` labels, each
+        listed once, each under a path of level ``d - 1``, each (but the last level's) with
+        a child; labels are not blank; the placeholder only pads the end of a path. A node's
+        parent is its path minus the last label, so no file can give a node two parents or
+        make a cycle; a file that tries (say with a ``parents`` field) is refused.
+        """
+        from ktt_core import schemas
+
         if not isinstance(data, dict) or data.get("format") != "ktt-hierarchy":
             raise KttError(f"{source}: not a KTT hierarchy (missing \"format\": \"ktt-hierarchy\")")
-        levels = data.get("levels")
-        if not isinstance(levels, list) or not levels:
-            raise KttError(f"{source}: field 'levels' must be a non-empty list")
-        out = []
+        schemas.validate(data, schemas.HIERARCHY_SCHEMA, source)
+        version = data.get("version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise KttError(f"{source}: version: {version} is newer than this KTT reads ({FORMAT_VERSION}); "
+                           "upgrade KTT or re-import the dataset")
+        levels = data["levels"]
+        if "depth" in data and data["depth"] != len(levels):
+            raise KttError(f"{source}: depth: says {data['depth']}, but 'levels' holds {len(levels)} levels")
+        out: list[tuple[tuple[str, ...], ...]] = []
         for d, level in enumerate(levels):
-            if not isinstance(level, list) or not level:
-                raise KttError(f"{source}: levels[{d}] must be a non-empty list of paths")
-            nodes = []
-            for node in level:
-                if (not isinstance(node, list) or len(node) != d + 1
-                        or not all(isinstance(x, str) for x in node)):
-                    raise KttError(f"{source}: levels[{d}] holds {node!r}, expected a path of {d + 1} labels")
-                nodes.append(tuple(node))
-            if len(set(nodes)) != len(nodes):
-                raise KttError(f"{source}: levels[{d}] lists a path twice")
-            out.append(tuple(nodes))
+            seen: dict[tuple[str, ...], int] = {}
+            for i, node in enumerate(level):
+                where = f"{source}: levels[{d}][{i}]"
+                if len(node) != d + 1:
+                    raise KttError(f"{where}: expected a path of {d + 1} labels (level {d + 1}), got {node!r}")
+                _check_node(node, where)
+                node = tuple(node)
+                if node in seen:
+                    raise KttError(f"{source}: levels[{d}] lists a path twice: {node!r} "
+                                   f"(items {seen[node]} and {i})")
+                seen[node] = i
+            out.append(tuple(tuple(node) for node in level))
         for d in range(1, len(out)):
             parents = set(out[d - 1])
-            for node in out[d]:
+            for i, node in enumerate(out[d]):
                 if node[:-1] not in parents:
-                    raise KttError(f"{source}: {format_path(node)!r} at level {d + 1} has no parent at level {d}")
+                    raise KttError(f"{source}: levels[{d}][{i}]: {format_path(node)!r} at level {d + 1} "
+                                   f"has no parent at level {d} (levels[{d - 1}] lacks {list(node[:-1])!r})")
+        for d in range(len(out) - 1):
+            with_children = {node[:-1] for node in out[d + 1]}
+            for i, node in enumerate(out[d]):
+                if node not in with_children:
+                    raise KttError(f"{source}: levels[{d}][{i}]: {format_path(node)!r} has no child at "
+                                   f"level {d + 2}; every path must reach the last level (a short path is "
+                                   f"padded with placeholder \"\" labels)")
         return cls(tuple(out))
 
     def save(self, path: Path) -> None:
@@ -207,10 +231,24 @@ class Hierarchy:
             raise KttError(f"{path}: no such file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise KttError(f"{path}: not valid JSON ({exc})") from None
+        except (OSError, RecursionError, ValueError) as exc:  # a folder; nested too deeply; a huge integer
+            raise KttError(f"{path}: cannot read it ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
         return cls.from_dict(data, source=str(path))
 
     def summary(self) -> str:
         return ", ".join(f"level {d + 1}: {n} classes" for d, n in enumerate(self.level_sizes))
+
+
+def _check_node(node: list, where: str) -> None:
+    """Real labels are not blank; the placeholder pads only the end of a path, below a real label."""
+    if node[0] == PAD:
+        raise KttError(f"{where}[0]: a path cannot start with the placeholder \"\" (level 1 needs a real label)")
+    for k, label in enumerate(node):
+        if label != PAD and not label.strip():
+            raise KttError(f"{where}[{k}]: blank label {label!r}")
+        if k and label != PAD and node[k - 1] == PAD:
+            raise KttError(f"{where}[{k}]: label {label!r} after a placeholder \"\"; "
+                           "placeholders only pad the end of a path")
 
 
 def pad_path(path: tuple[str, ...], depth: int) -> tuple[str, ...]:

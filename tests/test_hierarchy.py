@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -75,16 +76,31 @@ def test_json_round_trip(tmp_path):
 
 @pytest.mark.parametrize("data, message", [
     ({"levels": []}, "not a KTT hierarchy"),
-    ({"format": "ktt-hierarchy", "levels": []}, "'levels' must be a non-empty list"),
+    ({"format": "ktt-hierarchy", "levels": []}, "hierarchy.json: levels: must not be empty"),
     ({"format": "ktt-hierarchy", "levels": [[["A"]], [["B", "x"]]]}, "has no parent"),
     ({"format": "ktt-hierarchy", "levels": [[["A"], ["A"]]]}, "lists a path twice"),
     ({"format": "ktt-hierarchy", "levels": [[["A", "B"]]]}, "expected a path of 1 labels"),
+    # schema: the file and the field are named
+    ({"format": "ktt-hierarchy", "levels": [[["A"]], [["A", "x"], ["A", 3]]]},
+     "hierarchy.json: levels[1][1][1]: expected a string, got an integer"),
+    ({"format": "ktt-hierarchy", "levels": [[["A"]]], "parents": {}}, "hierarchy.json: unknown field 'parents'"),
+    ({"format": "ktt-hierarchy", "levels": [[["A"]]], "depth": "1"}, "hierarchy.json: depth: expected an integer"),
+    ({"format": "ktt-hierarchy", "levels": [[["A"]]], "placeholder": "-"}, 'placeholder: expected ""'),
+    # tree rules
+    ({"format": "ktt-hierarchy", "levels": [[["A"], ["B"]], [["A", "x"]]]}, "'B' has no child at level 2"),
+    ({"format": "ktt-hierarchy", "levels": [[["A"]], [["A", ""]], [["A", "", "x"]]]}, "after a placeholder"),
+    ({"format": "ktt-hierarchy", "levels": [[[" "]]]}, "levels[0][0][0]: blank label"),
 ])
 def test_invalid_hierarchy_json_is_refused(tmp_path, data, message):
     path = tmp_path / "hierarchy.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(KttError, match=message):
+    with pytest.raises(KttError, match=re.escape(message)):
         Hierarchy.load(path)
+
+
+def test_short_paths_and_repeated_names_pass_validation():
+    h = Hierarchy.from_paths(PATHS + [("Baby", "Baby")])
+    assert Hierarchy.from_dict(h.to_dict()).levels == h.levels
 
 
 labels = st.text(alphabet="abcxyz &,", min_size=1, max_size=6).filter(lambda s: s.strip())

@@ -500,6 +500,37 @@ def test_first_invalid_row_is_reported():
     assert message == "in.csv: row 2, column 'c': missing label"
 
 
+def test_unpaired_surrogates_are_refused_or_dropped():
+    df = pd.DataFrame({"t": ["ok", "bad \ud800", "fine"], "c": ["x", "y", "z \udfff"]})
+    message = error_of(extract_records, df, text_column="t", label_columns=["c"], source="in.json")
+    assert message.startswith("in.json: row 2, column 't': text holds an unpaired surrogate")
+    result = extract_records(df, text_column="t", label_columns=["c"], drop_invalid=True)
+    assert result.texts == ["ok"] and result.dropped == {"invalid Unicode": 2}
+
+
+def test_long_texts_are_kept_and_counted():
+    from ktt_core.data.importers import LONG_TEXT_CHARS
+
+    df = pd.DataFrame({"t": ["short", "y" * (LONG_TEXT_CHARS + 1)], "c": ["x", "x"]})
+    result = extract_records(df, text_column="t", label_columns=["c"])
+    assert len(result.texts[1]) == LONG_TEXT_CHARS + 1
+    assert result.long_texts == 1 and result.longest_text == (2, LONG_TEXT_CHARS + 1)
+
+
+def test_utf16_file_read_as_utf8_suggests_the_encoding(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("title,category\nrice,Food\n", encoding="utf-16")
+    assert error_of(import_file, path, text_column="title", label_columns=["category"]).endswith(
+        "the file starts with a UTF-16 byte-order mark: pass --encoding utf-16")
+
+
+def test_json_nested_too_deeply(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 5000 + "]" * 5000)
+    assert error_of(import_file, path, text_column="t", label_columns=["c"]) == \
+        f"{path}: cannot read the JSON: nested too deeply"
+
+
 # -- speed and round trip ----------------------------------------------------------------
 
 def test_100k_rows_are_fast(tmp_path):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ktt_core.data.importers import ImportResult
 from ktt_core.errors import KttError
@@ -27,6 +29,12 @@ class ImportReport:
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)   # reason -> rows
     padded_short_paths: int = 0
+    # Rows whose path ends at a node that also has children ("Food" beside "Food > Fruit"):
+    # kept, as a leaf class of their own under that node (see docs/bad-inputs.md).
+    inner_node_paths: int = 0
+    inner_node_example: str = ""
+    long_texts: int = 0              # texts over importers.LONG_TEXT_CHARS characters (kept)
+    longest_text: list[int] = field(default_factory=lambda: [0, 0])  # [source row, characters]
     split_rows: dict[str, int] = field(default_factory=dict)
     classes_per_level: list[int] = field(default_factory=list)
     stratified: bool = False
@@ -107,13 +115,27 @@ def write_dataset(directory: Path, result: ImportResult, *, ratios=(0.8, 0.1, 0.
     report = ImportReport(rows_read=result.total_rows, kept=len(df), dropped=dropped,
                           classes_per_level=hierarchy.level_sizes)
     report.padded_short_paths = int((df["path"].map(len) < hierarchy.depth).sum())
+    inner = {p[:k] for p in set(df["path"]) for k in range(1, len(p))}
+    at_inner = df["path"].isin(inner) if inner else pd.Series(False, index=df.index)
+    report.inner_node_paths = int(at_inner.sum())
+    if report.inner_node_paths:
+        report.inner_node_example = " > ".join(df["path"][at_inner].iloc[0])
+    report.long_texts, report.longest_text = result.long_texts, list(result.longest_text)
     indices, report.stratified = split_indices(df["path"].tolist(), ratios, seed, split)
+    # Tables are built before any folder is made, so a value Arrow cannot store fails
+    # with nothing written.
+    tables = {}
+    for name in SPLITS:
+        part = df.iloc[indices[name]]
+        report.split_rows[name] = len(part)
+        tables[name] = pd.DataFrame({"text": part["text"].tolist(), "path": [list(p) for p in part["path"]]})
+        try:
+            tables[name] = pa.Table.from_pandas(tables[name], preserve_index=False)
+        except (pa.ArrowException, UnicodeError, ValueError, TypeError) as exc:
+            raise KttError(f"{result.source}: cannot store the rows as Parquet ({' '.join(str(exc).split())[:200]})") from None
     with atomic_directory(directory, replace=force) as tmp:
         for name in SPLITS:
-            part = df.iloc[indices[name]]
-            report.split_rows[name] = len(part)
-            table = pd.DataFrame({"text": part["text"].tolist(), "path": [list(p) for p in part["path"]]})
-            table.to_parquet(tmp / f"{name}.parquet", index=False)
+            pq.write_table(tables[name], tmp / f"{name}.parquet")
         hierarchy.save(tmp / "hierarchy.json")
         record = {"source": result.source, "options": options or {}, "report": report.__dict__}
         (tmp / "import.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -133,9 +155,31 @@ class Dataset:
         self.hierarchy = Hierarchy.load(self.directory / "hierarchy.json")
 
     def split(self, name: str) -> pd.DataFrame:
+        """One split's rows (``text``, ``path`` as a tuple); KttError names the file when it is
+        unreadable, lacks a column, or holds a row that does not fit ``hierarchy.json``."""
         path = self.directory / f"{name}.parquet"
         if not path.is_file():
             raise KttError(f"dataset '{self.name}': missing {path.name}; re-import it")
-        df = pd.read_parquet(path)
-        df["path"] = [tuple(p) for p in df["path"]]
+        try:
+            df = pd.read_parquet(path)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise KttError(f"{path}: cannot read as Parquet ({' '.join(str(exc).split())[:200]}); "
+                           "re-import the dataset") from None
+        missing = [c for c in ("text", "path") if c not in df.columns]
+        if missing:
+            raise KttError(f"{path}: no column '{missing[0]}' (a dataset split holds 'text' and 'path'); "
+                           "re-import the dataset")
+        known = {self.hierarchy.node_path(self.hierarchy.depth - 1, i) for i in range(self.hierarchy.n_leaves)}
+        paths = []
+        for row, (text, labels) in enumerate(zip(df["text"], df["path"]), 1):
+            if not isinstance(text, str) or not text.strip():
+                raise KttError(f"{path}: row {row}, column 'text': expected a non-empty string; re-import the dataset")
+            if not isinstance(labels, (list, tuple, np.ndarray)) or not all(isinstance(x, str) for x in labels):
+                raise KttError(f"{path}: row {row}, column 'path': expected a list of labels; re-import the dataset")
+            labels = tuple(labels)
+            if labels[: self.hierarchy.depth] not in known:
+                raise KttError(f"{path}: row {row}: label path {' > '.join(labels)!r} is not in "
+                               f"{self.directory / 'hierarchy.json'}; re-import the dataset")
+            paths.append(labels)
+        df["path"] = paths
         return df

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -39,11 +40,20 @@ _FILE_FORMATS = "csv, tsv, json, jsonl, parquet, arrow"
 _SEQUENCES = (list, tuple, np.ndarray)
 _MAX_LISTED_COLUMNS = 50
 
+#: Texts longer than this are kept but counted in the import report: models read only
+#: their first ``max_length`` tokens, and such a cell often means a broken quote in a CSV.
+LONG_TEXT_CHARS = 100_000
+
 # Reason categories used as keys of ImportResult.dropped.
 EMPTY_TEXT = "empty text"
 MISSING_LABEL = "missing label"
 EMPTY_LEVEL = "empty label level"
 MALFORMED_LABEL = "malformed label"
+INVALID_UNICODE = "invalid Unicode"
+
+# Unpaired UTF-16 surrogates: JSON's "\ud800" escapes decode to them, and no file (UTF-8
+# Parquet included) can store them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -56,6 +66,8 @@ class ImportResult:
     source: str                      # a human name of the source: file path or "sql:<url>"
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count, only with drop_invalid=True
     total_rows: int = 0              # rows read from the source
+    long_texts: int = 0              # kept texts over LONG_TEXT_CHARS characters
+    longest_text: tuple[int, int] = (0, 0)  # (source row, characters) of the longest kept text
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -163,6 +175,8 @@ def _read_json(path, encoding: str) -> pd.DataFrame:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise KttError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    except (RecursionError, ValueError) as exc:  # nested too deeply; an integer of thousands of digits
+        raise KttError(f"{path}: cannot read the JSON: {_json_limit(exc)}") from None
     if isinstance(data, list):
         for i, item in enumerate(data, 1):
             if not isinstance(item, dict):
@@ -190,6 +204,8 @@ def iter_jsonl(path, encoding: str = "utf-8-sig") -> Iterator[tuple[int, dict]]:
                     item = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise KttError(f"{path}: line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from exc
+                except (RecursionError, ValueError) as exc:
+                    raise KttError(f"{path}: line {lineno}: cannot read the JSON: {_json_limit(exc)}") from None
                 if not isinstance(item, dict):
                     raise KttError(f"{path}: line {lineno}: expected a JSON object, got {_json_kind(item)}")
                 yield lineno, item
@@ -284,8 +300,26 @@ def _decode_error(path, encoding: str, exc: UnicodeDecodeError) -> KttError:
     if location is not None:
         where = f" at byte {location[0]} (line {location[1]})"
     shown = "utf-8" if encoding == "utf-8-sig" else encoding
-    return KttError(f"{path}: not valid {shown} text{where}: {exc.reason}; "
-                    f"pass --encoding with the file's encoding (e.g. --encoding cp1252)")
+    guess = _bom_encoding(path)
+    if guess and codecs.lookup(guess).name != codecs.lookup(encoding).name:
+        hint = f"the file starts with a {guess.upper()} byte-order mark: pass --encoding {guess}"
+    else:
+        hint = "pass --encoding with the file's encoding (e.g. --encoding cp1252)"
+    return KttError(f"{path}: not valid {shown} text{where}: {exc.reason}; {hint}")
+
+
+def _bom_encoding(path) -> str | None:
+    """The encoding a byte-order mark at the start of ``path`` announces, if any."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return None
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return None
 
 
 def _find_undecodable(path, encoding: str, chunk_size: int = 1 << 20) -> tuple[int, int] | None:
@@ -314,6 +348,12 @@ def _find_undecodable(path, encoding: str, chunk_size: int = 1 << 20) -> tuple[i
                 newlines += chunk.count(b"\n")
     except OSError:
         return None
+
+
+def _json_limit(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return _one_line(exc).split(";")[0]  # "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 def _json_kind(value) -> str:
@@ -381,6 +421,7 @@ def extract_records(df, *, text_column: str, label_columns: list[str], sep: str 
     paths: list[tuple[str, ...]] = []
     rows: list[int] = []
     dropped: dict[str, int] = {}
+    long_texts, longest = 0, (0, 0)
     for row, (text, cells) in enumerate(zip(texts_in, zip(*labels_in)), 1):
         try:
             text = _text(text, text_column)
@@ -393,6 +434,10 @@ def extract_records(df, *, text_column: str, label_columns: list[str], sep: str 
                 raise KttError(f"{source}: row {row}, column '{bad.column}': {bad.reason}") from None
             dropped[bad.category] = dropped.get(bad.category, 0) + 1
             continue
+        if len(text) > LONG_TEXT_CHARS:
+            long_texts += 1
+        if len(text) > longest[1]:
+            longest = (row, len(text))
         texts.append(text)
         paths.append(path)
         rows.append(row)
@@ -404,7 +449,8 @@ def extract_records(df, *, text_column: str, label_columns: list[str], sep: str 
                            f"(deepest label path has {deepest} levels)")
         paths = [p[:depth] if len(p) > depth else p for p in paths]
     return ImportResult(texts=texts, paths=paths, source_rows=rows, source=source,
-                        dropped=dropped, total_rows=len(texts_in))
+                        dropped=dropped, total_rows=len(texts_in), long_texts=long_texts,
+                        longest_text=longest)
 
 
 def _column(df: pd.DataFrame, name, source: str) -> pd.Series:
@@ -439,7 +485,15 @@ def _text(value, column) -> str:
     text = (value if isinstance(value, str) else str(value)).strip()
     if not text:
         raise _Invalid(EMPTY_TEXT, "empty text", column)
+    _check_unicode(text, column, "text")
     return text
+
+
+def _check_unicode(value: str, column, what: str) -> None:
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise _Invalid(INVALID_UNICODE, f"{what} holds an unpaired surrogate {bad.group()!r} at character "
+                                        f"{bad.start() + 1}, which is not valid Unicode", column)
 
 
 def _label_str(value) -> str:
@@ -484,6 +538,7 @@ def _levels_from_value(value, sep, column) -> tuple[str, ...]:
         label = "" if _is_missing(item) else _label_str(item)
         if not label:
             raise _Invalid(EMPTY_LEVEL, f"empty label at level {level}", column)
+        _check_unicode(label, column, f"label at level {level}")
         path.append(label)
     return tuple(path)
 
@@ -494,6 +549,8 @@ def _json_list(text: str, column) -> list:
     except json.JSONDecodeError as exc:
         raise _Invalid(MALFORMED_LABEL, f"malformed label: starts with '[' but is not a JSON list "
                                         f"({exc.msg} at character {exc.pos + 1})", column) from None
+    except (RecursionError, ValueError) as exc:
+        raise _Invalid(MALFORMED_LABEL, f"malformed label: {_json_limit(exc)}", column) from None
     if not isinstance(items, list):
         raise _Invalid(MALFORMED_LABEL, "malformed label: starts with '[' but is not a JSON list", column)
     return items
@@ -515,4 +572,5 @@ def _levels_from_cells(cells, columns) -> tuple[str, ...]:
     for level in range(end):
         if not labels[level]:
             raise _Invalid(EMPTY_LEVEL, f"empty label at level {level + 1}", columns[level])
+        _check_unicode(labels[level], columns[level], f"label at level {level + 1}")
     return tuple(labels[:end])
