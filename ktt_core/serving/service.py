@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 import bentoml
+from bentoml import IODescriptor
 from bentoml.exceptions import InvalidArgument
+from pydantic import ConfigDict
 
 from ktt_core.serving.settings import ServiceSettings
 
@@ -65,6 +67,16 @@ def validate_request(text: Any, texts: Any, top_k: Any, settings: ServiceSetting
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= settings.max_top_k:
         raise InvalidArgument(f'"top_k" must be an integer from 1 to {settings.max_top_k}')
     return texts
+
+
+class PredictRequest(IODescriptor):
+    """The body of ``POST /predict``. Types are checked by :func:`validate_request`, whose
+    messages name the field; an unknown field (a typo) is refused rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: Any = None
+    texts: Any = None
+    top_k: Any = 1
 
 
 class KttRunner:
@@ -125,7 +137,7 @@ class KttApi:
                                labelnames=["model"],
                                buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
-    @bentoml.api(route="/predict")
+    @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, text: Any = None, texts: Any = None, top_k: Any = 1) -> dict:
         """Predict the label path of ``text`` or of each of ``texts``."""
         started = time.perf_counter()
