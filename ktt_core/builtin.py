@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ktt_core import hookimpl
 from ktt_core.encoders import encoder_from_config, load_pretrained, tokenizer_from_files
+from ktt_core.config import resolve_config
 from ktt_core.errors import KttError
 from ktt_core.hierarchy import Hierarchy
 from ktt_core.model import KttModel
@@ -22,8 +23,12 @@ def ktt_build_model(spec, hierarchy, config):
 @hookimpl(trylast=True)
 def ktt_model_from_checkpoint(spec, checkpoint):
     hierarchy = Hierarchy.from_dict(checkpoint["hierarchy"], source=checkpoint["path"])
-    config = checkpoint["config"]
-    encoder = encoder_from_config(checkpoint["encoder_config_json"])
+    # A checkpoint's config is checked like a config file: it may come from elsewhere.
+    config = resolve_config(spec, [(checkpoint["path"], checkpoint["config"])])
+    try:
+        encoder = encoder_from_config(checkpoint["encoder_config_json"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise KttError(f"{checkpoint['path']}: the encoder config it holds is invalid ({exc!r:.120})") from None
     tokenizer = tokenizer_from_files(checkpoint["tokenizer_files"])
     head = spec.head(hierarchy, config, encoder.config.hidden_size)
     model = KttModel(spec.name, hierarchy, config, encoder, tokenizer, head)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,12 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise KttError(f"{path}: refused to load: not a plain-tensor checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        # torch's message is long and styled for terminals; keep its first plain line.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+        first = text.splitlines()[0] if text else "unsafe content"
+        raise KttError(f"{path}: refused to load: it holds objects other than tensors and strings, "
+                       f"which could run code ({first[:120]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
         # A truncated or mangled zip lands here (e.g. "failed finding central directory").
         raise KttError(f"{path}: checkpoint is corrupt or truncated, cannot read it "
                        f"({' '.join(str(exc).split())[:160]})") from None

@@ -16,7 +16,7 @@ from ktt_core.checkpoint import load_checkpoint
 from ktt_core.config import resolve_config
 from ktt_core.data.batches import encode_texts
 from ktt_core.data.datasets import Dataset
-from ktt_core.decoding import MODES, decode_levels, describe
+from ktt_core.decoding import MODES, decode_levels, describe_all
 from ktt_core.devices import resolve_device, seed_everything
 from ktt_core.errors import KttError
 from ktt_core.distributed import cluster_from_env
@@ -203,6 +203,7 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
          split_name: str = "test", decoding: str = "consistent", threshold: float | None = None
          ) -> tuple[dict, Path]:
     """Metrics of a trained model on a dataset split; saved beside the checkpoint."""
+    plugins.model(model_name)  # an unknown model is named as such, not as a missing run
     dataset = Dataset(ws.dataset_dir(dataset_name))
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
     model = load_model(plugins, model_name, path)
@@ -233,6 +234,7 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
             texts: list[str], top_k: int = 1, decoding: str = "consistent",
             threshold: float | None = None) -> list[dict]:
     """Predicted path, per-level scores and the ``top_k`` best paths of each text."""
+    plugins.model(model_name)
     for i, text in enumerate(texts, 1):
         if not text.strip():
             raise KttError(f"text {i} is empty")
@@ -243,18 +245,14 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
     return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
 
-def describe_all(hierarchy, predictions, top_k: int, decoding: str, threshold: float | None) -> list[dict]:
-    level_ids = decode_levels(hierarchy, predictions, decoding, threshold)
-    return [describe(hierarchy, row, top_k, ids) for row, ids in zip(predictions.path_probs, level_ids)]
-
-
 def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
                  input_path, output_path, text_column: str = "text", top_k: int = 1,
                  chunk_size: int = 2048, decoding: str = "consistent", threshold: float | None = None) -> int:
     """Predict every text of a file into another, chunk by chunk; returns the rows written."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
-    # Check both files before loading the model, so a typo fails at once.
+    # Check the model and both files before loading the model, so a typo fails at once.
+    plugins.model(model_name)
     source = TextSource(input_path, text_column, chunk_size)
     check_output(output_path, source)
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
