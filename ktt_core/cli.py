@@ -141,7 +141,7 @@ def list_plugins(as_json):
 @click.option("--split-ratios", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions.")
 @click.option("--split", "split_method", type=click.Choice(["stratified", "random"]), default="stratified",
               show_default=True, help="Stratify by label path, or cut a seeded shuffle.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--keep-duplicates", is_flag=True, help="Keep repeated and conflicting rows.")
 @click.option("--drop-invalid", is_flag=True, help="Drop (and count) rows with empty text or labels instead of failing.")
 @click.option("--force", is_flag=True, help="Replace an existing dataset of the same name.")
@@ -189,10 +189,21 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     if report.padded_short_paths:
         click.echo(f"  {report.padded_short_paths} rows have fewer levels than the deepest "
                    f"({len(report.classes_per_level)}); padded with placeholder nodes (kept)")
+    if report.inner_node_paths:
+        click.echo(f"  {report.inner_node_paths} of them end at a node that also has children "
+                   f"(e.g. {report.inner_node_example!r}); each such node gets a leaf class of its own (kept)")
+    if report.long_texts:
+        row, chars = report.longest_text
+        click.echo(f"  note: {report.long_texts} texts are longer than {importers.LONG_TEXT_CHARS:,} characters "
+                   f"(longest: row {row}, {chars:,}); kept, models read only the first max_length tokens")
     click.echo("  classes per level: " + ", ".join(
         f"level {d + 1}: {n}" for d, n in enumerate(report.classes_per_level)))
     click.echo("  split ({}): {}".format("stratified by path" if report.stratified else "random",
                                          ", ".join(f"{k} {v}" for k, v in report.split_rows.items())))
+    empty = [k for k in ("train", "val") if not report.split_rows.get(k)]
+    if empty:
+        click.echo(f"  note: no {' and no '.join(empty)} rows; training needs both "
+                   "(import more rows or change --split-ratios)")
     if use_dvc:
         from ktt_core import versioning
 
@@ -200,11 +211,14 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:
+    import math
+
     try:
         values = tuple(float(x) for x in text.split(","))
     except ValueError:
         raise KttError(f"--split-ratios {text!r}: expected three numbers like 0.8,0.1,0.1") from None
-    if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1) > 1e-6 or values[0] <= 0:
+    if (len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values)
+            or abs(sum(values) - 1) > 1e-6 or values[0] <= 0):
         raise KttError(f"--split-ratios {text!r}: expected three non-negative fractions summing to 1, "
                        "train > 0")
     return values
@@ -307,11 +321,16 @@ def tune(ctx, model, dataset, trials, epochs, timeout, metric, storage, study_na
 
 
 # -- test / predict ------------------------------------------------------------------------
-def _checkpoint_options(f):
+def _run_options(f):
     f = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                      help="Checkpoint file to use.")(f)
     f = click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
                      help="Run folder (its best.pt) to use; default: the latest run.")(f)
+    return f
+
+
+def _checkpoint_options(f):
+    f = _run_options(f)
     f = click.option("--device", default="auto", show_default=True)(f)
     f = click.option("--decoding", type=click.Choice(["consistent", "per-level"]), default="consistent",
                      show_default=True,
@@ -369,25 +388,37 @@ def _print_metrics(metrics: dict, title: str) -> None:
 @click.option("--text", "text_column", default="text", show_default=True, help="With --input: the text column.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="With --input: rows read and predicted at a time.")
+@click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Predict with the ONNX export in DIR (ktt export --onnx) on onnxruntime, without torch.")
 @click.pass_context
 def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, threshold, top_k, as_json,
-            input_path, output_path, text_column, chunk_size):
+            input_path, output_path, text_column, chunk_size, onnx_dir):
     """Predict the label path of TEXTS, or of every text of an --input file, with a trained MODEL."""
-    from ktt_core import jobs
-
     if bool(texts) == bool(input_path):
         raise KttError("give either TEXTS or --input FILE, not both" if texts else "give TEXTS or --input FILE")
+    if input_path and not output_path:
+        raise KttError("--input needs --output FILE (.csv, .tsv, .jsonl or .parquet)")
+    if output_path and not input_path:
+        raise KttError("--output goes with --input FILE; TEXTS are printed")
+    if onnx_dir:
+        # Not ktt_core.jobs, which imports torch: an ONNX export runs where torch is not installed.
+        from ktt_core import onnx_runtime as runner
+
+        if checkpoint or run_dir:
+            raise KttError("--onnx DIR runs an exported model; --run and --checkpoint choose a torch checkpoint")
+        if device not in ("auto", "cpu"):
+            raise KttError(f"--device {device}: --onnx runs on the CPU with onnxruntime")
+        source = (model, onnx_dir)
+    else:
+        from ktt_core import jobs as runner
+
+        source = (_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device)
     if input_path:
-        if not output_path:
-            raise KttError("--input needs --output FILE (.csv, .tsv, .jsonl or .parquet)")
-        n = jobs.predict_file(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device,
-                              input_path, output_path, text_column, top_k, chunk_size, decoding, threshold)
+        n = runner.predict_file(*source, input_path, output_path, text_column, top_k, chunk_size, decoding,
+                                threshold)
         click.echo(f"wrote {n} predictions to {output_path}")
         return
-    if output_path:
-        raise KttError("--output goes with --input FILE; TEXTS are printed")
-    for text, result in zip(texts, jobs.predict(_workspace(ctx), _plugins(), model, dataset, run_dir,
-                                                checkpoint, device, list(texts), top_k, decoding, threshold)):
+    for text, result in zip(texts, runner.predict(*source, list(texts), top_k, decoding, threshold)):
         if as_json:
             click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
             continue
@@ -398,14 +429,6 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
 
 
 # -- export / serve / monitor -----------------------------------------------------------------
-def _run_options(f):
-    f = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                     help="Checkpoint file to use.")(f)
-    f = click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
-                     help="Run folder (its best.pt) to use; default: the latest run.")(f)
-    return f
-
-
 @cli.command()
 @click.argument("model")
 @click.argument("dataset")

@@ -9,13 +9,13 @@ A stored model is a folder of plain files, never a pickled module:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
 from ktt_core.errors import KttError
+from ktt_core.files import sha256_file
 
 FORMAT = "ktt-bento-model"
 
@@ -23,14 +23,6 @@ FORMAT = "ktt-bento-model"
 def model_tag_name(model_name: str, dataset: str) -> str:
     """The model store name of a model trained on a dataset (BentoML wants lowercase)."""
     return f"ktt-{model_name}-{dataset}".lower()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_model_files(model, directory: Path) -> Path:
