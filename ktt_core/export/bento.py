@@ -145,7 +145,7 @@ def build(spec, tag: str, output: Path) -> str:
         wheels = build_wheels(spec, tmp / "wheels")
         (tmp / "bentofile.yaml").write_text(_yaml(bentofile_for(spec, tag, wheels)), encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", str(output / "bentofile.yaml"),
-                           "--output", "tag", str(output)], capture_output=True, text=True,
+                           "--output", "tag", str(output)], capture_output=True, text=True, cwd=output,
                           env=bentoml_env({"KTT_MODEL": spec.name, "KTT_BENTO_MODEL": tag}))
     if done.returncode != 0:
         last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]

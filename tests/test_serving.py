@@ -1,0 +1,319 @@
+"""Export to the BentoML model store, a real `ktt serve` on 127.0.0.1, its API, metrics and load.
+
+One trained tiny model and one server (with the drift monitor) serve the whole module; the
+server is stopped by the fixture, whatever the tests do.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import synthetic_rows
+from helpers import assert_clean_error
+
+REPO = Path(__file__).resolve().parents[1]
+HTTP_CASES = sorted((REPO / "tests" / "bad_inputs" / "http").glob("*.json"))
+MODEL = "db_linear"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ktt_cli(ws: Path, *args, check=True, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "ktt_core", "--workspace", str(ws), *map(str, args)],
+                          capture_output=True, text=True, **kwargs)
+    if check and done.returncode != 0:
+        raise AssertionError(f"ktt {' '.join(map(str, args))} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def bento_env(tmp_path_factory):
+    """A private BentoML home for this module, in this process and its children."""
+    saved = {k: os.environ.get(k) for k in ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK")}
+    os.environ["BENTOML_HOME"] = str(tmp_path_factory.mktemp("bentoml-home"))
+    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+    yield os.environ["BENTOML_HOME"]
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_encoder, bento_env):
+    """A workspace with `shop` imported and a tiny db_linear trained with a reference set."""
+    ws = tmp_path_factory.mktemp("serving") / "ws"
+    csv = ws.parent / "products.csv"
+    synthetic_rows(400).to_csv(csv, index=False)
+    ktt_cli(ws, "import", csv, "shop", "--text", "title", "--labels", "category", "--sep", " > ")
+    ktt_cli(ws, "train", MODEL, "shop", "--epochs", 3, "--reference", "--set", f"encoder={tiny_encoder}",
+            "--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2", "--set", "train_batch_size=16")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    """`ktt serve --monitoring` in a child process; yields (service URL, monitor URL, process)."""
+    port, monitor_port = free_port(), free_port()
+    log = open(trained.parent / "serve.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ktt_core", "--workspace", str(trained), "serve", MODEL, "shop",
+         "--host", "127.0.0.1", "--port", str(port), "--monitoring", "--monitor-port", str(monitor_port),
+         "--max-latency-ms", "1000"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        from ktt_core.serving.launch import wait_ready
+
+        wait_ready(process, url, timeout=240)
+        yield url, f"http://127.0.0.1:{monitor_port}", process
+    finally:
+        from ktt_core.serving.launch import stop_service
+
+        stop_service(process, grace=30)
+        log.close()
+    assert process.returncode is not None
+
+
+def predict(url: str, body, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/predict", json=body, timeout=60, **kwargs)
+
+
+def offline_paths(ws: Path, texts: list[str]) -> list[list[str]]:
+    out = ktt_cli(ws, "predict", MODEL, "shop", *texts, "--json").stdout.splitlines()
+    return [json.loads(line)["path"] for line in out]
+
+
+def test_predict_one_and_many_texts_as_the_cli_does(server, trained):
+    url, _, _ = server
+    texts = ["edible apple new", "household pan small", "playful doll red", "edible bread premium"]
+    one = predict(url, {"text": texts[0]})
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["model"] == MODEL and len(body["predictions"]) == 1
+    first = body["predictions"][0]
+    assert first["text"] == texts[0] and "top_k" not in first
+    assert [lv["label"] for lv in first["levels"]] == first["path"] and first["label"] == " > ".join(first["path"])
+    assert first["levels"][0]["score"] >= first["levels"][1]["score"] >= first["score"] - 1e-6
+
+    many = predict(url, {"texts": texts, "top_k": 3}).json()["predictions"]
+    assert [p["text"] for p in many] == texts
+    assert [p["path"] for p in many] == offline_paths(trained, texts)
+    for p in many:
+        scores = [alt["score"] for alt in p["top_k"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert p["top_k"][0]["path"] == p["path"]
+
+
+BAD_BODIES = [  # (raw body, status, text expected in the answer)
+    (b'{"text": ', 400, "Invalid JSON"),
+    (b'{"text": 42}', 400, '"text" must be a string'),
+    (b'{"text": "  "}', 400, '"text" is empty'),
+    (b'{"texts": "abc"}', 400, '"texts" must be a list'),
+    (b'{"texts": []}', 400, '"texts" is empty'),
+    (b'{"texts": ["ok", 3]}', 400, '"texts[1]" must be a string'),
+    (b'{}', 400, 'send either "text"'),
+    (b'{"text": "a", "texts": ["b"]}', 400, 'send either "text"'),
+    (json.dumps({"text": "x" * 10_001}).encode(), 400, "at most 10000"),
+    (json.dumps({"texts": ["a"] * 257}).encode(), 400, "at most 256"),
+    (b'{"text": "a", "top_k": 0}', 400, '"top_k" must be an integer from 1 to 10'),
+    (b'{"text": "a", "top_k": "3"}', 400, '"top_k" must be an integer'),
+]
+
+
+@pytest.mark.parametrize("body,status,needle", BAD_BODIES, ids=[b[:24].decode(errors="replace") for b, _, _ in BAD_BODIES])
+def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(server, body, status, needle):
+    url, _, _ = server
+    answer = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert answer.status_code == status, answer.text
+    assert needle in answer.text
+    assert predict(url, {"text": "edible apple"}).status_code == 200
+
+
+@pytest.mark.parametrize("case", HTTP_CASES, ids=[c.stem for c in HTTP_CASES])
+def test_bad_input_corpus_http_cases(server, case):
+    url, _, _ = server
+    spec = json.loads(case.read_text())
+    answer = httpx.post(f"{url}/predict", content=spec["body"].encode("utf-8", "surrogateescape"),
+                        headers={"content-type": spec.get("content_type", "application/json")}, timeout=30)
+    assert answer.status_code == spec["status"], (case.name, answer.text)
+    assert spec["needle"] in answer.text, (case.name, answer.text)
+    assert predict(url, {"text": "edible apple"}).status_code == 200
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` of one metric in Prometheus text format."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)$", line)
+        if m:
+            out[m.group(1) or ""] = float(m.group(2))
+    return out
+
+
+def test_health_metrics_and_adaptive_batching(server):
+    url, _, _ = server
+    assert httpx.get(f"{url}/readyz").status_code == 200
+    assert httpx.get(f"{url}/livez").status_code == 200
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"{url}/predict", json={"text": f"playful doll {i}"})
+                                          for i in range(64)))
+
+    import asyncio
+
+    answers = asyncio.run(burst())
+    assert all(a.status_code == 200 for a in answers)
+    metrics = httpx.get(f"{url}/metrics").text
+    predicted = metric_values(metrics, "ktt_predictions_total")
+    assert sum(predicted.values()) >= 64
+    assert any('label="Toys > Dolls"' in labels for labels in predicted)
+    assert sum(metric_values(metrics, "ktt_request_latency_seconds_count").values()) >= 64
+    # Concurrent requests were batched: the runner saw fewer calls than texts.
+    sizes = metric_values(metrics, "bentoml_service_adaptive_batch_size_sum")
+    calls = metric_values(metrics, "bentoml_service_adaptive_batch_size_count")
+    assert sum(sizes.values()) / sum(calls.values()) > 1.5, (sizes, calls)
+
+
+def test_monitor_receives_the_served_rows(server):
+    url, monitor_url, _ = server
+    for i in range(10):
+        predict(url, {"texts": [f"edible juice {i}-{j}" for j in range(10)]})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        received = metric_values(httpx.get(f"{monitor_url}/metrics").text, "ktt_monitor_rows_received_total")
+        if sum(received.values()) >= 100:
+            break
+        time.sleep(0.5)
+    assert sum(received.values()) >= 100
+    drift = httpx.post(f"{monitor_url}/drift", json={}, timeout=60).json()
+    assert drift["window_rows"] >= 100
+    sent = metric_values(httpx.get(f"{url}/metrics").text, "ktt_monitor_rows_sent_total")
+    assert sum(sent.values()) >= 100
+
+
+def test_compose_dashboard_queries_name_metrics_the_services_expose(server, trained):
+    url, monitor_url, _ = server
+    out = ktt_cli(trained, "export", MODEL, "shop", "--bento", "--monitoring", "--output", trained.parent / "exp")
+    compose_dir = trained.parent / "exp" / "compose"
+    assert "docker-compose stack written" in out.stdout
+    compose = yaml.safe_load((compose_dir / "docker-compose.yaml").read_text())
+    assert {"ktt", "monitor", "prometheus", "grafana"} <= set(compose["services"])
+    assert compose["services"]["ktt"]["environment"]["KTT_MONITOR_URL"].startswith("http://monitor:")
+    prometheus = yaml.safe_load((compose_dir / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert targets == {"ktt:3000", "monitor:3001"}
+    datasource = yaml.safe_load((compose_dir / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert yaml.safe_load((compose_dir / "grafana/provisioning/dashboards/ktt.yaml").read_text())["providers"]
+    assert (compose_dir / "reference.parquet").is_file()
+
+    # Every metric a dashboard query names is exposed by the live service or monitor.
+    exposed = set()
+    for text in (httpx.get(f"{url}/metrics").text, httpx.get(f"{monitor_url}/metrics").text):
+        exposed |= {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", text, re.M)}
+    dashboard = json.loads((compose_dir / "grafana" / "dashboards" / f"{MODEL}.json").read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names = set(re.findall(r"\b(ktt_[a-z_]+|bentoml_[a-z_]+)\b", target["expr"]))
+            assert names, target
+            queried |= names
+    assert queried - exposed == set(), f"dashboard queries unknown metrics: {sorted(queried - exposed)}"
+
+
+def test_stored_model_holds_safe_files_and_refuses_a_pickle(trained, bento_env, tmp_path):
+    import bentoml
+
+    out = ktt_cli(trained, "export", MODEL, "shop", "--bento").stdout
+    tag = re.search(r"BentoML model saved: (\S+)", out).group(1)
+    again = ktt_cli(trained, "export", MODEL, "shop", "--bento").stdout
+    assert tag in again  # the same checkpoint is not stored twice
+    folder = Path(bentoml.models.get(tag).path)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert {"checkpoint.pt", "hierarchy.json", "ktt.json", "reference.parquet"} <= set(files)
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".joblib"))]
+
+    from ktt_core.errors import KttError
+    from ktt_core.export.bento import load_predictor
+
+    predictor = load_predictor(folder)
+    predictions, features = predictor.run(["edible apple"])
+    assert predictions.path_probs.shape[0] == 1 and features.shape[0] == 1
+
+    # A stored model whose checkpoint was swapped for a pickle bomb is refused, unexecuted.
+    import pickle
+    import shutil
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    marker = tmp_path / "pwned"
+
+    class Bomb:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tampered / "checkpoint.pt").write_bytes(pickle.dumps({"format": "ktt-checkpoint", "x": Bomb()}))
+    with pytest.raises(KttError, match="checkpoint.pt"):
+        load_predictor(tampered)
+    info = json.loads((tampered / "ktt.json").read_text())
+    info["checkpoint_sha256"] = __import__("hashlib").sha256((tampered / "checkpoint.pt").read_bytes()).hexdigest()
+    (tampered / "ktt.json").write_text(json.dumps(info))
+    with pytest.raises(KttError, match="checkpoint.pt"):
+        load_predictor(tampered)
+    assert not marker.exists()
+
+
+def test_build_bento_offline(trained, bento_env):
+    import bentoml
+
+    out = ktt_cli(trained, "export", MODEL, "shop", "--bento", "--build", "--output", trained.parent / "b").stdout
+    bento_tag = re.search(r"Bento built: (\S+)", out).group(1)
+    bento = bentoml.get(bento_tag)
+    assert bento.tag.name == "ktt-db-linear"
+    bentofile = yaml.safe_load((trained.parent / "b" / "bento" / "bentofile.yaml").read_text())
+    assert bentofile["python"]["lock_packages"] is False
+    assert any(p.startswith("torch==") for p in bentofile["python"]["packages"])
+    assert any("ktt_db_linear" in w for w in bentofile["python"]["wheels"])
+    assert [m for m in bento.info.models if m.tag.name == "ktt-db_linear-shop"]
+
+
+def test_export_and_serve_errors(ktt, workspace):
+    assert_clean_error(ktt("export", MODEL, "shop", expect=None), "--onnx and/or --bento")
+    assert_clean_error(ktt("export", MODEL, "shop", "--onnx", "--build", expect=None), "go with --bento")
+    assert_clean_error(ktt("serve", "no_such_model", "shop", expect=None), "no_such_model")
+
+
+def test_load_with_bad_requests_and_the_monitor_killed_midway(trained, tmp_path):
+    """The reliability run: 2,000 requests at concurrency 32, 10% malformed, monitor killed halfway."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import serve_load
+
+    report = tmp_path / "load.json"
+    code = serve_load.main([MODEL, "shop", "--workspace", str(trained), "--requests", "2000",
+                            "--concurrency", "32", "--bad-share", "0.1", "--monitoring",
+                            "--stop-monitor-at", "0.5", "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert code == 0, result
+    assert result["server_errors_5xx"] == 0 and result["transport_errors"] == 0
+    assert result["wrong_answers"] == 0 and result["bad_requests_not_4xx"] == 0
+    assert result["status"].get("200", 0) == result["good_requests"]
+    assert result["monitor_stopped_after"] is not None
+    assert result["rss_growth"] < 0.10, result
