@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from ktt_core.errors import KttError
 
 
-def _int(name: str, default: int, low: int = 1) -> int:
-    raw = os.environ.get(name, "")
+def env_int(name: str, default: int, low: int = 1) -> int:
+    """An integer setting from the environment; KttError names the variable when it is bad."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
@@ -58,14 +59,14 @@ class ServiceSettings:
         return cls(
             model_tag=_model_tag(model_name),
             runtime=runtime,
-            max_batch_size=_int("KTT_MAX_BATCH_SIZE", 64),
-            max_latency_ms=_int("KTT_MAX_LATENCY_MS", 2000),
-            max_texts=_int("KTT_MAX_TEXTS", 256),
-            max_text_chars=_int("KTT_MAX_TEXT_CHARS", 10_000),
-            max_top_k=_int("KTT_MAX_TOP_K", 10),
+            max_batch_size=env_int("KTT_MAX_BATCH_SIZE", 64),
+            max_latency_ms=env_int("KTT_MAX_LATENCY_MS", 2000),
+            max_texts=env_int("KTT_MAX_TEXTS", 256),
+            max_text_chars=env_int("KTT_MAX_TEXT_CHARS", 10_000),
+            max_top_k=env_int("KTT_MAX_TOP_K", 10),
             decoding=decoding,
             threshold=float(threshold) if threshold else None,
             monitor_url=os.environ.get("KTT_MONITOR_URL", "").rstrip("/"),
-            monitor_queue=_int("KTT_MONITOR_QUEUE", 2000),
-            torch_threads=_int("KTT_TORCH_THREADS", 0, low=0),
+            monitor_queue=env_int("KTT_MONITOR_QUEUE", 2000),
+            torch_threads=env_int("KTT_TORCH_THREADS", 0, low=0),
         )
