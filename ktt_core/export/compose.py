@@ -30,7 +30,7 @@ PANELS = [
      "short"),
     ("Feature drift: share of drifted features", ['ktt_drift_share{model="$model"}'], "percentunit"),
     ("Dataset drift (1 = drift)", ['ktt_dataset_drift{model="$model"}'], "short"),
-    ("Prediction drift score", ['ktt_prediction_drift_score{model="$model"}'], "short"),
+    ("Prediction drift: chi-square p-value (low = drift)", ['ktt_prediction_drift_score{model="$model"}'], "short"),
     ("Monitor window rows", ['ktt_monitor_window_rows{model="$model"}'], "short"),
     ("Rows sent to / dropped by the monitor", ['sum(rate(ktt_monitor_rows_sent_total{model="$model"}[5m]))',
                                                'sum(rate(ktt_monitor_rows_dropped_total{model="$model"}[5m]))'],
