@@ -340,3 +340,22 @@ def test_load_with_bad_requests_and_the_monitor_killed_midway(trained, tmp_path)
     assert result["status"].get("200", 0) == result["good_requests"]
     assert result["monitor_stopped_after"] is not None
     assert result["rss_growth"] < 0.10, result
+
+
+def test_stored_model_with_onnx_serves_the_same_paths(trained, bento_env):
+    """`ktt export --bento --onnx` stores the ONNX export; the runner's onnx runtime agrees with torch."""
+    import bentoml
+    import numpy as np
+
+    from ktt_core.export.bento import load_predictor
+
+    out = ktt_cli(trained, "export", MODEL, "shop", "--bento", "--onnx", "--output", trained.parent / "o").stdout
+    tag = re.search(r"BentoML model saved: (\S+)", out).group(1)
+    folder = Path(bentoml.models.get(tag).path)
+    assert (folder / "onnx" / "model.onnx").is_file()
+    texts = ["edible apple new", "household shovel", "playful jigsaw board game for the family"]
+    torch_predictions, torch_features = load_predictor(folder, "torch").run(texts)
+    onnx_predictions, onnx_features = load_predictor(folder, "onnx").run(texts)
+    assert np.array_equal(torch_predictions.level_ids, onnx_predictions.level_ids)
+    assert np.allclose(torch_predictions.path_probs, onnx_predictions.path_probs, atol=1e-4)
+    assert np.allclose(torch_features, onnx_features, atol=1e-4)
