@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ktt_core.errors import KttError
+from ktt_core.files import atomic_write_text
 
 # DVC must never phone home, whichever way it gets imported.
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -108,8 +109,8 @@ def _ignore_feature_cache(dvc_root: Path, ws_root: Path) -> None:
     ignore = dvc_root / ".dvcignore"
     text = ignore.read_text(encoding="utf-8") if ignore.is_file() else ""
     if pattern not in text.splitlines():
-        ignore.write_text(text + ("" if not text or text.endswith("\n") else "\n")
-                          + "# KTT: encoded-text caches are derived data\n" + pattern + "\n", encoding="utf-8")
+        atomic_write_text(ignore, text + ("" if not text or text.endswith("\n") else "\n")
+                          + "# KTT: encoded-text caches are derived data\n" + pattern + "\n")
 
 
 def init_workspace(root: Path | str, remote: str | Path | None = None) -> list[str]:

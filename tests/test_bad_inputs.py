@@ -134,6 +134,18 @@ def raw_pickle_with_payload(folder: Path, workspace: Path) -> Path:
     return path
 
 
+def reference_with_pickle_payload(folder: Path, workspace: Path) -> Path:
+    path = folder / "reference.parquet"
+    path.write_bytes(pickle.dumps({"x": _Payload(folder.parent / MARKER)}))
+    return path
+
+
+def pandas_pickle_reference(folder: Path, workspace: Path) -> Path:
+    path = folder / "reference.pkl"
+    pd.DataFrame({"0": [1.0], "prediction": ["Food > Fruit"], "x": [_Payload(folder.parent / MARKER)]}).to_pickle(path)
+    return path
+
+
 def plain_torch_file(folder: Path, workspace: Path) -> Path:
     path = folder / "weights.pt"
     torch.save({"weights": torch.zeros(2)}, path)
@@ -200,7 +212,7 @@ MAKERS = {f.__name__: f for f in (
     split_with_unknown_path, checkpoint_with_pickle_payload, legacy_checkpoint_with_pickle_payload,
     raw_pickle_with_payload, plain_torch_file, truncated_checkpoint, checkpoint_with_flipped_weight,
     checkpoint_with_bad_hierarchy, checkpoint_with_bad_config, checkpoint_with_bad_encoder_config,
-    checkpoint_of_another_model)}
+    checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference)}
 
 
 # -- checks -----------------------------------------------------------------------------------
