@@ -61,19 +61,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and all its children, in bytes."""
+def tree_rss(pid: int, exclude: set[int] = frozenset()) -> int:
+    """Resident memory of a process and all its children, in bytes, less the ``exclude``
+    pids (the drift monitor's: its memory is not the model service's)."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
+    from ktt_core.serving.launch import process_tree
+
     total = 0
-    for proc in procs:
+    for proc in process_tree(pid):
         try:
-            total += proc.memory_info().rss
+            if proc.pid not in exclude:
+                total += proc.memory_info().rss
         except psutil.NoSuchProcess:
             continue
     return total
@@ -179,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=500, help="distinct texts, from the dataset's test split")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-latency-ms", type=int, default=2000)
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                        help="served (and offline baseline) runtime")
     parser.add_argument("--torch-threads", type=int, default=0, help="the runner's torch threads (0: default)")
     parser.add_argument("--monitoring", action="store_true", help="run the drift monitor beside the service")
     parser.add_argument("--stop-monitor-at", type=float, default=None,
@@ -202,16 +203,25 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace(args.workspace)
     checkpoint = resolve_checkpoint(ws, args.model, args.dataset, args.run, None)
     texts = list(dict.fromkeys(Dataset(ws.dataset_dir(args.dataset)).split("test")["text"]))[: args.texts]
-    predictor = TorchPredictor(load_model(get_plugins(), args.model, checkpoint))
+    if args.runtime == "onnx":  # the baseline runs the same ONNX export that the service will
+        from ktt_core.onnx_runtime import OnnxModel
+
+        subprocess.run([sys.executable, "-m", "ktt_core", "--workspace", str(ws.root), "export", args.model,
+                        args.dataset, "--onnx", "--checkpoint", str(checkpoint)], check=True,
+                       stdout=subprocess.DEVNULL)
+        predictor = OnnxModel(checkpoint.parent / "export" / "onnx")
+    else:
+        predictor = TorchPredictor(load_model(get_plugins(), args.model, checkpoint))
     expected, offline = offline_baseline(predictor, texts, repeats=max(1, 2000 // len(texts)))
     del predictor
-    print(f"offline batch inference: {offline:.0f} texts/s ({len(texts)} texts, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)")
+    print(f"offline batch inference ({args.runtime}): {offline:.0f} texts/s ({len(texts)} texts, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
 
     port, monitor_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "ktt_core", "--workspace", str(ws.root), "serve", args.model, args.dataset,
            "--checkpoint", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
-           "--max-batch-size", str(args.max_batch_size), "--max-latency-ms", str(args.max_latency_ms)]
+           "--max-batch-size", str(args.max_batch_size), "--max-latency-ms", str(args.max_latency_ms),
+           "--runtime", args.runtime]
     if args.monitoring:
         cmd += ["--monitoring", "--monitor-port", str(monitor_port)]
     server = subprocess.Popen(cmd, env=bentoml_env({"KTT_TORCH_THREADS": args.torch_threads}), start_new_session=True,
@@ -221,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(server, url, timeout=300)
         # Warm-up: fill the adaptive batcher's history and the allocators before measuring memory.
         asyncio.run(run_load(url, texts, expected, min(300, args.requests), args.concurrency, 0.0, seed=1))
-        rss_warm = tree_rss(server.pid)
+        monitor = {p.pid for p in find_monitor(server.pid, monitor_port)} if args.monitoring else set()
+        rss_warm = tree_rss(server.pid, monitor)
         monitor_stopped = {"at": None}
 
         def on_progress(done: int) -> None:
@@ -232,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
 
         result = asyncio.run(run_load(url, texts, expected, args.requests, args.concurrency, args.bad_share,
                                       on_progress=on_progress))
-        rss_end = tree_rss(server.pid)
+        rss_end = tree_rss(server.pid, monitor)
         batch = mean_batch_size(url)
     finally:
         stop_service(server)
     result.update({
-        "model": args.model, "offline_texts_per_s": round(offline, 1),
+        "model": args.model, "runtime": args.runtime, "offline_texts_per_s": round(offline, 1),
         "served_share": round(result["good_texts_per_s"] / offline, 3),
         "rss_after_warmup_mb": round(rss_warm / 2**20, 1), "rss_end_mb": round(rss_end / 2**20, 1),
         "rss_growth": round(rss_end / rss_warm - 1, 4) if rss_warm else None,
@@ -271,20 +282,29 @@ def mean_batch_size(url: str) -> float | None:
     return round(total("bentoml_service_adaptive_batch_size_sum") / calls, 2) if calls else None
 
 
-def kill_monitor(server_pid: int, monitor_port: int) -> None:
-    """Kill the drift monitor child of ``ktt serve`` (the process tree listening on its port)."""
-    import signal
-
+def find_monitor(server_pid: int, monitor_port: int) -> list:
+    """The drift monitor's processes under ``ktt serve``: the one listening on its port and
+    its workers (BentoML starts them in sessions of their own)."""
     import psutil
 
-    for proc in psutil.Process(server_pid).children(recursive=True):
+    from ktt_core.serving.launch import process_tree
+
+    for proc in process_tree(server_pid)[1:]:
         try:
             if any(c.laddr and c.laddr.port == monitor_port for c in proc.net_connections(kind="tcp")):
-                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-                return
-        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+                return process_tree(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     raise RuntimeError(f"no process of the service tree listens on port {monitor_port}")
+
+
+def kill_monitor(server_pid: int, monitor_port: int) -> None:
+    """SIGKILL every process of the drift monitor, as a crash would (no goodbye to the service)."""
+    for proc in find_monitor(server_pid, monitor_port):
+        try:
+            proc.kill()
+        except Exception:  # already gone
+            continue
 
 
 if __name__ == "__main__":

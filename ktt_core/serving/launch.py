@@ -49,9 +49,14 @@ def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120.0) -> N
 
 
 def stop_service(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the service's process group, then SIGKILL what is left after ``grace`` seconds."""
+    """SIGTERM the service's process group, then SIGKILL what is left after ``grace`` seconds.
+
+    BentoML's workers run in sessions of their own, so they are collected first and killed
+    one by one if they outlive the grace period (else they would be orphaned).
+    """
     if process.poll() is not None:
         return
+    tree = process_tree(process.pid)
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(grace)
@@ -60,6 +65,30 @@ def stop_service(process: subprocess.Popen, grace: float = 15.0) -> None:
         process.wait()
     except ProcessLookupError:
         pass
+    kill_all(tree)
+
+
+def process_tree(pid: int) -> list:
+    """``pid`` and all its descendants (psutil processes), as they are now."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_all(processes: list, grace: float = 5.0) -> None:
+    """SIGKILL every process of ``processes`` still alive after ``grace`` seconds."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def run_until_interrupted(main: subprocess.Popen, companions: list[subprocess.Popen] = (),
