@@ -1,6 +1,8 @@
-"""Assertions shared by the CLI and model plugin tests."""
+"""Assertions and fixtures' helpers shared by the test modules."""
+import contextlib
 import json
 import math
+import os
 
 import torch
 
@@ -68,3 +70,18 @@ def check_trained_model(ktt, model, run):
         paths = [m.path_log_scores(batch["input_ids"], batch["attention_mask"]) for m in rebuilt]
     assert outs[0].shape == (2, 11)
     assert torch.equal(outs[0], outs[1]) and torch.equal(paths[0], paths[1])
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Set environment variables (seen by child processes too) and restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from helpers import assert_clean_error
+from helpers import assert_clean_error, environment
 
 from ktt_core.cli import cli
 from ktt_core.monitoring.client import MonitorClient
@@ -113,16 +113,9 @@ def wait_for(condition, timeout: float = 20.0, what: str = "condition"):
 @pytest.fixture(scope="module")
 def bento_home(tmp_path_factory):
     """A private BentoML home (and no telemetry) for this module, its children included."""
-    keys = ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK", "HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml-home")), BENTOML_DO_NOT_TRACK="true",
-                      HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    yield os.environ["BENTOML_HOME"]
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with environment(BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml-home")), BENTOML_DO_NOT_TRACK="true",
+                     HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"):
+        yield os.environ["BENTOML_HOME"]
 
 
 @pytest.fixture(scope="module")

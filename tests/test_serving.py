@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import synthetic_rows
-from helpers import assert_clean_error
+from helpers import assert_clean_error, environment
 
 REPO = Path(__file__).resolve().parents[1]
 HTTP_CASES = sorted((REPO / "tests" / "bad_inputs" / "http").glob("*.json"))
@@ -44,15 +44,8 @@ def ktt_cli(ws: Path, *args, check=True, **kwargs) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def bento_env(tmp_path_factory):
     """A private BentoML home for this module, in this process and its children."""
-    saved = {k: os.environ.get(k) for k in ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK")}
-    os.environ["BENTOML_HOME"] = str(tmp_path_factory.mktemp("bentoml-home"))
-    os.environ["BENTOML_DO_NOT_TRACK"] = "true"
-    yield os.environ["BENTOML_HOME"]
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with environment(BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml-home")), BENTOML_DO_NOT_TRACK="true"):
+        yield os.environ["BENTOML_HOME"]
 
 
 @pytest.fixture(scope="module")

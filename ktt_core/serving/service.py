@@ -15,7 +15,6 @@ A plugin declares its services in one line (see :func:`define_service`).
 """
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
