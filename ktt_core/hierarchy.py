@@ -70,6 +70,10 @@ class Hierarchy:
     def n_classes(self) -> int:
         return self.level_offsets[-1]
 
+    def split_levels(self, scores):
+        """(N, n_classes) scores of all levels side by side -> one (N, n_d) block per level."""
+        return [scores[:, self.level_offsets[d]:self.level_offsets[d + 1]] for d in range(self.depth)]
+
     @property
     def n_leaves(self) -> int:
         return self.level_sizes[-1]

@@ -60,8 +60,7 @@ def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str
             level_scores[part_rows] = part_levels
         total_loss += part_loss
     loss = total_loss / len(split) if has_targets else None
-    per_level = None if level_scores is None else [
-        level_scores[:, h.level_offsets[d]:h.level_offsets[d + 1]] for d in range(h.depth)]
+    per_level = None if level_scores is None else h.split_levels(level_scores)
     return decode(h, scores, loss, per_level)
 
 
@@ -78,22 +77,36 @@ def encoder_features(model, split: EncodedSplit, batch_size: int | None = None) 
 
 
 @torch.inference_mode()
-def reference_set(model, split: EncodedSplit, batch_size: int | None = None) -> pd.DataFrame:
-    """Pooled features and path scores per row, plus target and prediction (drift reference)."""
+def predict_with_features(model, split: EncodedSplit, batch_size: int | None = None,
+                          desc: str = "predict") -> tuple[Predictions, np.ndarray]:
+    """Decoded predictions and the pooled features the drift monitor compares, in row order."""
     model.eval()
     batch_size = batch_size or model.config["eval_batch_size"]
-    width = model.feature_pool.output_size
-    features = np.empty((len(split), width), dtype=np.float32)
-    scores = np.empty((len(split), model.hierarchy.n_leaves), dtype=np.float32)
-    for batch, ids, mask in _batches(model, split, batch_size, "reference set"):
-        outputs, pooled = model.forward_with_features(ids, mask)
+    h = model.hierarchy
+    features = np.empty((len(split), model.feature_pool.output_size), dtype=np.float32)
+    scores = np.empty((len(split), h.n_leaves), dtype=np.float32)
+    level_scores = None
+    for batch, ids, mask in _batches(model, split, batch_size, desc):
+        with autocast(model.device, model.config.get("precision", "fp32")):
+            outputs, pooled = model.forward_with_features(ids, mask)
         rows = batch["rows"].numpy()
         features[rows] = pooled.float().cpu().numpy()
         scores[rows] = model.head.path_log_scores(outputs).float().cpu().numpy()
-    predictions = decode(model.hierarchy, scores)
+        levels = model.head.level_log_scores(outputs)
+        if levels is not None:
+            if level_scores is None:
+                level_scores = np.empty((len(split), h.n_classes), dtype=np.float32)
+            level_scores[rows] = torch.cat([x.float() for x in levels], dim=1).cpu().numpy()
+    per_level = None if level_scores is None else h.split_levels(level_scores)
+    return decode(h, scores, None, per_level), features
+
+
+def reference_set(model, split: EncodedSplit, batch_size: int | None = None) -> pd.DataFrame:
+    """Pooled features and path scores per row, plus target and prediction (drift reference)."""
+    predictions, features = predict_with_features(model, split, batch_size, desc="reference set")
     h = model.hierarchy
     leaf_names = [format_path(h.leaf_path(i)) for i in range(h.n_leaves)]
-    columns = {str(i): features[:, i] for i in range(width)}
+    columns = {str(i): features[:, i] for i in range(features.shape[1])}
     columns.update({name: predictions.path_probs[:, i] for i, name in enumerate(leaf_names)})
     known = split.targets[:, -1] >= 0
     columns["target"] = [leaf_names[t] if ok else None for t, ok in zip(split.targets[:, -1], known)]

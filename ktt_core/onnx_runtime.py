@@ -180,8 +180,7 @@ class OnnxModel:
         out = self.scores(texts, batch_size)
         h = self.hierarchy
         levels = out.get("level_log_scores")
-        per_level = None if levels is None else [
-            levels[:, h.level_offsets[d]:h.level_offsets[d + 1]] for d in range(h.depth)]
+        per_level = None if levels is None else h.split_levels(levels)
         return decode(h, out["path_log_scores"], None, per_level), out["features"]
 
     def describe(self, texts: list[str], top_k: int = 1, decoding: str = "consistent",

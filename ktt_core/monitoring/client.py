@@ -72,14 +72,7 @@ class MonitorClient:
             return
         self._closed.set()  # the thread sends what is queued, then stops
         self._thread.join(timeout)
-        left = 0
-        while True:  # what the thread did not get to in time
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-            left += 1
-        self._count_dropped(left)
+        self._drop_queued()  # what the thread did not get to in time
 
     def __enter__(self) -> "MonitorClient":
         return self
