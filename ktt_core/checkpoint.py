@@ -1,11 +1,14 @@
 """Single-file checkpoints that load without unpickling arbitrary objects, and whose
 content is verified on every load.
 
-A checkpoint is a ``torch.save`` file holding only tensors, strings and numbers: the
-config, hierarchy and encoder config as JSON strings, the tokenizer's files as byte
-tensors, the weights, and optionally the optimizer state and what a resumed run needs
-(scheduler, RNG states, the position inside an epoch). It is read back with
-``torch.load(weights_only=True)``, which refuses any other pickled object.
+A checkpoint is a ``torch.save`` file holding only tensors, strings, numbers and bytes:
+the model's name, its config and hierarchy as JSON strings, the model's own ``state``
+(:meth:`ktt_core.contract.Model.state`: for an encoder model the encoder config, the
+tokenizer's files and the weights; for a scikit-learn model its vocabulary and
+coefficient arrays; numpy arrays are stored as tensors), and optionally the optimizer
+state and what a resumed run needs (scheduler, RNG states, the position inside an
+epoch). It is read back with ``torch.load(weights_only=True)``, which refuses any other
+pickled object, whatever framework the model uses.
 
 Integrity: the entry ``"sha256"`` is the SHA-256 of a canonical serialization of every
 other entry (:func:`content_digest`): type tags, dict keys in sorted order, the dtype,
@@ -15,7 +18,8 @@ again from the loaded objects on load; any flipped byte in the weights, the opti
 state or the JSON strings changes it. (``torch.load`` itself does not check the zip's
 CRCs: a damaged tensor loads silently.) Version-1 checkpoints, written before the hash
 existed, carry no ``"sha256"`` and are accepted unverified; from version 2 on the hash
-is required.
+is required. Versions 1 and 2 kept an encoder model's state at the top level; they load as
+version 3 does.
 """
 from __future__ import annotations
 
@@ -28,34 +32,33 @@ from typing import Any
 
 import torch
 
-from ktt_core.encoders import tokenizer_to_files
+import numpy as np
+
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path
 
 FORMAT = "ktt-checkpoint"
-VERSION = 2          # 2: adds "sha256" (and "resume"); 1: no content hash
+VERSION = 3          # 3: the model's own "state"; 2: adds "sha256" (and "resume"); 1: no hash
 HASHED_SINCE = 2
+#: Where versions 1 and 2 kept an encoder model's state: at the top level.
+LEGACY_STATE = ("encoder_config_json", "tokenizer_files", "state_dict")
 
 
 def save_checkpoint(path: Path | str, model, optimizer_state: dict | None = None,
                     training_state: dict | None = None, resume_state: dict | None = None) -> Path:
-    """Write ``model`` (and optimizer/training state, for resuming) to ``path`` atomically.
+    """Write ``model`` (any :class:`ktt_core.contract.Model`) and, for resuming, optimizer and
+    training state to ``path`` atomically.
 
     ``training_state`` is JSON (epoch, step, best score, ...); ``resume_state`` holds what
     JSON cannot: scheduler state, RNG state tensors, the running loss of a part-done epoch.
     """
-    tokenizer_files = getattr(model, "_tokenizer_files", None) or tokenizer_to_files(model.tokenizer)
-    model._tokenizer_files = tokenizer_files  # saved every epoch; serialise the tokenizer once
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "model": model.name,
         "config_json": json.dumps(model.config),
         "hierarchy_json": json.dumps(model.hierarchy.to_dict(), ensure_ascii=False),
-        "encoder_config_json": model.encoder.config.to_json_string(),
-        "tokenizer_files": {name: torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                            for name, data in tokenizer_files.items()},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state": _storable(model.state()),
         # On CPU so the file loads anywhere and hashes without device copies;
         # Optimizer.load_state_dict moves the state back to its parameters' device.
         "optimizer": _to_cpu(optimizer_state),
@@ -97,9 +100,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             "model": raw["model"],
             "config": json.loads(raw["config_json"]),
             "hierarchy": json.loads(raw["hierarchy_json"]),
-            "encoder_config_json": raw["encoder_config_json"],
-            "tokenizer_files": {k: bytes(v.numpy().tobytes()) for k, v in raw["tokenizer_files"].items()},
-            "state_dict": raw["state_dict"],
+            "state": raw["state"] if "state" in raw else {k: raw[k] for k in LEGACY_STATE},
             "optimizer": raw.get("optimizer"),
             "training": json.loads(raw.get("training_json") or "{}"),
             "resume": raw.get("resume"),
@@ -171,6 +172,38 @@ def _feed(h, value) -> None:
 
 def _tagged(h, tag: bytes, data: bytes) -> None:
     h.update(tag + len(data).to_bytes(8, "little") + data)
+
+
+def _storable(value):
+    """``value`` with numpy arrays as tensors and bytes as uint8 tensors (what ``weights_only``
+    loads), tensors on the CPU; anything else must be a string, number, bool or None."""
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError("a checkpoint cannot hold numpy arrays of Python objects")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, (bytes, bytearray)):
+        return torch.frombuffer(bytearray(value), dtype=torch.uint8) if value else torch.empty(0, dtype=torch.uint8)
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_storable(v) for v in value]
+    return value
+
+
+def as_numpy(value, path: str, what: str, dtype=None, ndim: int | None = None) -> np.ndarray:
+    """A stored tensor as a numpy array; KttError naming the file when it is not one of the
+    expected shape (a checkpoint may come from elsewhere)."""
+    if not isinstance(value, torch.Tensor) or (ndim is not None and value.dim() != ndim):
+        raise KttError(f"{path}: checkpoint entry {what} is not a {ndim}-d array")
+    array = value.numpy()
+    return array.astype(dtype, copy=False) if dtype is not None else array
+
+
+def as_bytes(value: torch.Tensor) -> bytes:
+    """Bytes stored by :func:`save_checkpoint` (as a uint8 tensor)."""
+    return bytes(value.numpy().tobytes())
 
 
 def _to_cpu(value):

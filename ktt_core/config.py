@@ -1,4 +1,4 @@
-"""Hyperparameters: core defaults < model defaults < --config file < --set / options.
+"""Hyperparameters: model-class defaults < model defaults < --config file < --set / options.
 
 Every key is typed by its default value; an unknown key or a value of the wrong type is
 refused with a message that names the key and where it came from.
@@ -15,8 +15,15 @@ import yaml
 from ktt_core.errors import KttError
 from ktt_core.registry import ModelSpec
 
-#: Keys every model has. Model plugins override values and may add keys of their own.
-CORE_DEFAULTS: dict[str, Any] = {
+#: Keys every model has, whatever its framework.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+}
+
+#: Keys of the core's transformer models (:class:`ktt_core.model.EncoderModel`); kept here,
+#: not there, so that reading a config never imports torch. Plugins override values and
+#: may add keys of their own.
+ENCODER_DEFAULTS: dict[str, Any] = {
     "encoder": "all-MiniLM-L6-v2",   # packaged default; any HF name or local folder works
     "pooling": "mean",               # mean | cls: how token states become one text vector
     "max_length": 64,                # tokens per text
@@ -29,7 +36,6 @@ CORE_DEFAULTS: dict[str, Any] = {
     "scheduler": "constant",         # constant | linear (warm-up then linear decay)
     "warmup_ratio": 0.0,
     "grad_clip": 1.0,                # max gradient norm; 0 disables clipping
-    "seed": 0,
     "monitor": "exact_path_accuracy",  # validation metric that picks best.pt (or "loss")
     "reference_features": 24,        # pooled feature width in reference sets
     "allow_download": False,         # let the encoder be fetched from the Hugging Face Hub
@@ -55,7 +61,9 @@ RANGES = {"seed": (0, 2**32 - 1)}
 
 
 def defaults_for(spec: ModelSpec) -> dict[str, Any]:
-    return {**CORE_DEFAULTS, **spec.defaults}
+    """Every key of ``spec``'s config with its default: common keys, the model class's, the spec's."""
+    base = ENCODER_DEFAULTS if spec.model is None else spec.model.base_defaults()
+    return {**COMMON_DEFAULTS, **base, **spec.defaults}
 
 
 def read_config_file(path: Path | str) -> dict[str, Any]:
@@ -108,11 +116,11 @@ def resolve_config(spec: ModelSpec, layers: list[tuple[str, Mapping[str, Any]]])
             if key not in config:
                 known = ", ".join(sorted(config))
                 raise KttError(f"{origin}: unknown key '{key}' for model {spec.name}; known keys: {known}")
-            config[key] = coerce(key, value, config[key], origin)
+            config[key] = coerce(key, value, config[key], origin, spec)
     return config
 
 
-def coerce(key: str, value: Any, default: Any, origin: str) -> Any:
+def coerce(key: str, value: Any, default: Any, origin: str, spec: ModelSpec | None = None) -> Any:
     """Check ``value`` against the type of ``default`` and the key's range."""
     def fail(expected: str):
         raise KttError(f"{origin}: key '{key}' must be {expected}, got {value!r}")
@@ -138,10 +146,17 @@ def coerce(key: str, value: Any, default: Any, origin: str) -> Any:
         if not math.isfinite(value):
             fail("a finite number")
     elif isinstance(default, str):
-        if not isinstance(value, str) or not value:
+        # An empty default marks an optional text (the ensemble's weights); others need one.
+        if not isinstance(value, str) or (not value and default):
             fail("a non-empty string")
-    if key in CHOICES and value not in CHOICES[key]:
-        fail(" or ".join(CHOICES[key]))
+    choices = (spec.choices.get(key) if spec is not None else None) or CHOICES.get(key)
+    if choices and value not in choices:
+        fail(" or ".join(map(str, choices)))
+    low, high = (spec.ranges.get(key) if spec is not None else None) or (None, None)
+    if low is not None and value < low:
+        fail(f"at least {low}")
+    if high is not None and value > high:
+        fail(f"at most {high}")
     if key in POSITIVE and value <= 0:
         fail("positive")
     if key in FRACTIONS and not 0 <= value < 1:

@@ -48,6 +48,17 @@ def decode(hierarchy: Hierarchy, path_log_scores: np.ndarray, loss: float | None
     return Predictions(probs, hierarchy.leaf_ancestors[best], loss, level_log_scores)
 
 
+def decode_scores(hierarchy: Hierarchy, scores, targets: np.ndarray | None = None) -> Predictions:
+    """Decode a model's :class:`ktt_core.contract.Scores`. The loss is the model's own when it
+    reports one; otherwise, given ``targets`` (N, depth) that are all known, the mean negative
+    log-likelihood of the true path, which every model has."""
+    predictions = decode(hierarchy, scores.path_log_scores, scores.loss, scores.level_log_scores)
+    if predictions.loss is None and targets is not None and len(targets) and (targets >= 0).all():
+        true = predictions.path_probs[np.arange(len(targets)), targets[:, -1]].astype(np.float64)
+        predictions.loss = float(-np.log(np.clip(true, 1e-12, 1.0)).mean())
+    return predictions
+
+
 def level_probs(hierarchy: Hierarchy, path_probs: np.ndarray) -> list[np.ndarray]:
     """Per level, (N, n_d): probability of each class = sum over the paths through it."""
     out = []

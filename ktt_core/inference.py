@@ -1,16 +1,20 @@
-"""Running a model over texts: path scores, decoded predictions, features, reference sets."""
+"""Running the core's torch model over tokenized texts: scores, features, encoder features.
+
+:meth:`ktt_core.model.EncoderModel.score` (the model contract's scoring call) and the
+training loop's validation both come here, and both turn head outputs into scores with
+:meth:`~ktt_core.model.EncoderModel.head_scores`, so a head scores the same everywhere.
+"""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ktt_core.contract import Scores
 from ktt_core.data.batches import EncodedSplit, eval_loader
-from ktt_core.decoding import Predictions, decode
+from ktt_core.decoding import Predictions, decode_scores
 from ktt_core.devices import autocast
 from ktt_core.distributed import SINGLE, Cluster
-from ktt_core.hierarchy import format_path
 
 
 def _batches(model, split: EncodedSplit, batch_size: int, desc: str, cluster: Cluster = SINGLE):
@@ -22,9 +26,10 @@ def _batches(model, split: EncodedSplit, batch_size: int, desc: str, cluster: Cl
 
 
 @torch.inference_mode()
-def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str = "predict",
-            cluster: Cluster = SINGLE, forward=None) -> Predictions:
-    """Decode ``split``; with known targets the mean loss is computed too.
+def score_split(model, split: EncodedSplit, batch_size: int | None = None, desc: str = "score",
+                cluster: Cluster = SINGLE, forward=None, features: bool = False) -> Scores:
+    """Path (and level) log-scores of every row of ``split``, in row order; the head's mean
+    loss when every row has a target; with ``features``, the pooled drift features.
 
     Across processes each rank scores its share of the rows and all ranks receive the
     whole result. ``forward`` may replace ``model.forward`` (a compiled version).
@@ -32,36 +37,47 @@ def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str
     model.eval()
     forward = model if forward is None else forward  # a compiled module has no truth value
     batch_size = batch_size or model.config["eval_batch_size"]
-    precision = model.config.get("precision", "fp32")
     has_targets = len(split) > 0 and bool((split.targets >= 0).all())
     loss_sum = torch.zeros((), device=model.device)
     h = model.hierarchy
-    rows, chunks, level_chunks = [], [], []
+    parts = {"rows": [], "paths": [], "levels": [], "features": []}
     for batch, ids, mask in _batches(model, split, batch_size, desc, cluster):
-        with autocast(model.device, precision):
-            outputs = forward(ids, mask)
+        with autocast(model.device, model.config.get("precision", "fp32")):
+            if features:
+                outputs, pooled = model.forward_with_features(ids, mask)
+                parts["features"].append(pooled.float().cpu())
+            else:
+                outputs = forward(ids, mask)
             if has_targets:
                 loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)).float() * len(ids)
-        rows.append(batch["rows"])
-        chunks.append(model.head.path_log_scores(outputs).float().cpu())
-        levels = model.head.level_log_scores(outputs)
+        paths, levels = model.head_scores(outputs)
+        parts["rows"].append(batch["rows"])
+        parts["paths"].append(paths.cpu())
         if levels is not None:
-            level_chunks.append(torch.cat([x.float() for x in levels], dim=1).cpu())
-    local = (torch.cat(rows).numpy() if rows else np.empty(0, np.int64),
-             torch.cat(chunks).numpy() if chunks else np.empty((0, h.n_leaves), np.float32),
-             torch.cat(level_chunks).numpy() if level_chunks else None,
-             float(loss_sum))
-    scores = np.empty((len(split), h.n_leaves), dtype=np.float32)
-    level_scores = np.empty((len(split), h.n_classes), dtype=np.float32) if local[2] is not None else None
+            parts["levels"].append(levels.cpu())
+    local = {k: torch.cat(v).numpy() if v else None for k, v in parts.items()}
+    local["loss"] = float(loss_sum)
+    out = {"paths": np.empty((len(split), h.n_leaves), dtype=np.float32), "levels": None, "features": None}
     total_loss = 0.0
-    for part_rows, part_scores, part_levels, part_loss in cluster.gather(local):
-        scores[part_rows] = part_scores
-        if level_scores is not None:
-            level_scores[part_rows] = part_levels
-        total_loss += part_loss
-    loss = total_loss / len(split) if has_targets else None
-    per_level = None if level_scores is None else h.split_levels(level_scores)
-    return decode(h, scores, loss, per_level)
+    for part in cluster.gather(local):
+        if part["rows"] is None:
+            continue
+        for key in ("paths", "levels", "features"):
+            if part[key] is not None:
+                if out[key] is None:
+                    out[key] = np.empty((len(split), part[key].shape[1]), dtype=np.float32)
+                out[key][part["rows"]] = part[key]
+        total_loss += part["loss"]
+    if features and out["features"] is None:
+        out["features"] = np.empty((0, model.feature_pool.output_size), dtype=np.float32)
+    return Scores(out["paths"], None if out["levels"] is None else h.split_levels(out["levels"]),
+                  out["features"], total_loss / len(split) if has_targets else None)
+
+
+def predict(model, split: EncodedSplit, batch_size: int | None = None, desc: str = "predict",
+            cluster: Cluster = SINGLE, forward=None) -> Predictions:
+    """:func:`score_split`, decoded (the training loop's validation)."""
+    return decode_scores(model.hierarchy, score_split(model, split, batch_size, desc, cluster, forward))
 
 
 @torch.inference_mode()
@@ -74,41 +90,3 @@ def encoder_features(model, split: EncodedSplit, batch_size: int | None = None) 
         with autocast(model.device, model.config.get("precision", "fp32")):
             out[batch["rows"]] = model.encode(ids, mask).float().cpu()
     return out
-
-
-@torch.inference_mode()
-def predict_with_features(model, split: EncodedSplit, batch_size: int | None = None,
-                          desc: str = "predict") -> tuple[Predictions, np.ndarray]:
-    """Decoded predictions and the pooled features the drift monitor compares, in row order."""
-    model.eval()
-    batch_size = batch_size or model.config["eval_batch_size"]
-    h = model.hierarchy
-    features = np.empty((len(split), model.feature_pool.output_size), dtype=np.float32)
-    scores = np.empty((len(split), h.n_leaves), dtype=np.float32)
-    level_scores = None
-    for batch, ids, mask in _batches(model, split, batch_size, desc):
-        with autocast(model.device, model.config.get("precision", "fp32")):
-            outputs, pooled = model.forward_with_features(ids, mask)
-        rows = batch["rows"].numpy()
-        features[rows] = pooled.float().cpu().numpy()
-        scores[rows] = model.head.path_log_scores(outputs).float().cpu().numpy()
-        levels = model.head.level_log_scores(outputs)
-        if levels is not None:
-            if level_scores is None:
-                level_scores = np.empty((len(split), h.n_classes), dtype=np.float32)
-            level_scores[rows] = torch.cat([x.float() for x in levels], dim=1).cpu().numpy()
-    per_level = None if level_scores is None else h.split_levels(level_scores)
-    return decode(h, scores, None, per_level), features
-
-
-def reference_set(model, split: EncodedSplit, batch_size: int | None = None) -> pd.DataFrame:
-    """Pooled features and path scores per row, plus target and prediction (drift reference)."""
-    predictions, features = predict_with_features(model, split, batch_size, desc="reference set")
-    h = model.hierarchy
-    leaf_names = [format_path(h.leaf_path(i)) for i in range(h.n_leaves)]
-    columns = {str(i): features[:, i] for i in range(features.shape[1])}
-    columns.update({name: predictions.path_probs[:, i] for i, name in enumerate(leaf_names)})
-    known = split.targets[:, -1] >= 0
-    columns["target"] = [leaf_names[t] if ok else None for t, ok in zip(split.targets[:, -1], known)]
-    columns["prediction"] = [leaf_names[p] for p in predictions.leaf_ids]
-    return pd.DataFrame(columns)

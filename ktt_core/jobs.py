@@ -1,6 +1,8 @@
 """What the commands do, apart from parsing and printing: train, test, predict.
 
-Each job calls the plugin hooks, so a plugin that implements one for its model is used.
+Each job talks to the model through the plugin hooks and the model contract
+(:mod:`ktt_core.contract`): texts and label paths in, path scores out. Nothing here knows
+the model's framework.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Callable
 from ktt_core import versioning
 from ktt_core.checkpoint import load_checkpoint
 from ktt_core.config import resolve_config
-from ktt_core.data.batches import encode_texts
+from ktt_core.contract import LabelledTexts
 from ktt_core.data.datasets import Dataset
 from ktt_core.decoding import MODES, decode_levels, describe_all
 from ktt_core.devices import resolve_device, seed_everything
@@ -24,7 +26,8 @@ from ktt_core.files import atomic_path, atomic_write_json
 from ktt_core.metrics import compute_metrics
 from ktt_core.plots import plot_training
 from ktt_core.registry import ModelSpec
-from ktt_core.training import RunContext
+from ktt_core.runs import RunContext
+from ktt_core.scoring import predict as score_and_decode
 from ktt_core.workspace import Workspace
 
 
@@ -61,12 +64,13 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
     say = echo if cluster.is_main else (lambda *a, **k: None)
     if saved is not None:
         done = saved["checkpoint"]["training"]
-        if done.get("epoch_done") and done.get("epoch", 0) >= config["epochs"]:
+        if done.get("epoch_done") and done.get("epoch", 0) >= config.get("epochs", 1):
             say(f"run {saved['directory']} already finished ({done['epoch']} of {config['epochs']} epochs); "
                 "nothing to do (raise --epochs to train longer)")
             return saved["directory"]
     seed_everything(config["seed"])
     model = plugins.hook.ktt_build_model(spec=spec, hierarchy=dataset.hierarchy, config=config)
+    model.to(device)
     if saved is not None and saved["checkpoint"]["hierarchy"] != dataset.hierarchy.to_dict():
         raise KttError(f"--resume {saved['directory']}: dataset '{dataset_name}' has another label hierarchy "
                        "than when this run started; cannot resume")
@@ -74,13 +78,12 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
     if len(train_df) == 0 or len(val_df) == 0:
         raise KttError(f"dataset '{dataset_name}' needs rows in train and val; re-import with other --split-ratios")
     cache_dir = dataset.directory / "cache"
-    encode = lambda df: encode_texts(df["text"], model.tokenizer, config["max_length"],  # noqa: E731
-                                     dataset.hierarchy, df["path"], cache_dir=cache_dir)
-    train_split, val_split = encode(train_df), encode(val_df)
-    n_params = sum(p.numel() for p in model.parameters())
+    labelled = lambda df: LabelledTexts.from_paths(df["text"], df["path"], dataset.hierarchy)  # noqa: E731
+    train_split, val_split = labelled(train_df), labelled(val_df)
+    summary = model.summary()
     say(f"{spec.name} on {dataset_name}: {len(train_split)} train / {len(val_split)} val rows, "
-        f"{dataset.hierarchy.summary()}, {n_params / 1e6:.1f}M parameters, encoder {config['encoder']}, "
-        f"device {device}" + (f", {cluster.world} processes" if cluster.active else ""))
+        f"{dataset.hierarchy.summary()}" + (f", {summary}" if summary else "") + f", device {device}"
+        + (f", {cluster.world} processes" if cluster.active else ""))
     if saved is not None:
         say(f"resuming {saved['directory']} from {describe_position(saved['checkpoint']['training'])} "
             f"of {config['epochs']}")
@@ -97,10 +100,11 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
                                                     "processes": cluster.world,
                                                     "checkpoint_every": checkpoint_every, "config": config})
     started = time.perf_counter()
-    run = RunContext(run_dir, device, config["epochs"], config["seed"], say, cluster, cache_dir,
+    run = RunContext(run_dir, device, config.get("epochs", 1), config["seed"], say, cluster, cache_dir,
                      checkpoint_every=checkpoint_every,
-                     resume=saved["checkpoint"] if saved is not None else None)
-    history = plugins.hook.ktt_fit(model=model, train=train_split, val=val_split, run=run)
+                     resume=saved["checkpoint"] if saved is not None else None,
+                     plugins=plugins, workspace=ws, dataset=dataset_name)
+    history = plugins.hook.ktt_fit(spec=spec, model=model, train=train_split, val=val_split, run=run)
     if not cluster.is_main:
         return run_dir
     minutes = (time.perf_counter() - started) / 60
@@ -110,7 +114,7 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         say(f"training curves: {run_dir / 'training.png'}")
     if reference:
         best_model = load_model(plugins, spec.name, run_dir / "best.pt").to(device)
-        frame = plugins.hook.ktt_reference_set(model=best_model, data=val_split, run=run)
+        frame = plugins.hook.ktt_reference_set(spec=spec, model=best_model, data=val_split, run=run)
         with atomic_path(run_dir / "reference.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         say(f"reference set ({len(frame)} rows) written to {run_dir / 'reference.parquet'}")
@@ -196,7 +200,7 @@ def load_model(plugins, model_name: str, path: Path):
     checkpoint = load_checkpoint(path)
     if checkpoint["model"] != model_name:
         raise KttError(f"{path}: checkpoint holds a {checkpoint['model']} model, not {model_name}")
-    return plugins.hook.ktt_model_from_checkpoint(spec=spec, checkpoint=checkpoint)
+    return plugins.hook.ktt_load_model(spec=spec, checkpoint=checkpoint)
 
 
 def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
@@ -212,9 +216,9 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
     if unknown:
         raise KttError(f"dataset '{dataset_name}' {split_name} split has {len(unknown)} label paths the model "
                        f"was not trained on, e.g. {' > '.join(unknown[0])!r}")
-    data = encode_texts(df["text"], model.tokenizer, model.config["max_length"], model.hierarchy, df["path"])
-    run = RunContext(None, resolve_device(device))
-    predictions = plugins.hook.ktt_test(model=model, data=data, run=run)
+    data = LabelledTexts.from_paths(df["text"], df["path"], model.hierarchy)
+    spec = plugins.model(model_name)
+    predictions = score_and_decode(plugins, spec, model.to(resolve_device(device)), data)
     h = model.hierarchy
     level_ids = decode_levels(h, predictions, decoding, threshold)
     metrics = {"model": model_name, "dataset": dataset_name, "split": split_name, "checkpoint": str(path),
@@ -239,9 +243,8 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
         if not text.strip():
             raise KttError(f"text {i} is empty")
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path)
-    data = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
-    predictions = plugins.hook.ktt_test(model=model, data=data, run=RunContext(None, resolve_device(device)))
+    model = load_model(plugins, model_name, path).to(resolve_device(device))
+    predictions = score_and_decode(plugins, plugins.model(model_name), model, texts)
     return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
 
@@ -256,12 +259,11 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     source = TextSource(input_path, text_column, chunk_size)
     check_output(output_path, source)
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path)
-    run = RunContext(None, resolve_device(device))
+    model = load_model(plugins, model_name, path).to(resolve_device(device))
+    spec = plugins.model(model_name)
 
     def predict_chunk(texts: list[str]) -> list[dict]:
-        data = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
-        predictions = plugins.hook.ktt_test(model=model, data=data, run=run)
+        predictions = score_and_decode(plugins, spec, model, texts)
         return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
     return write_predictions(source, output_path, predict_chunk, model.hierarchy.depth, top_k)

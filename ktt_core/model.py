@@ -1,17 +1,21 @@
-"""The model every plugin shares: encoder -> pooled text vector -> the plugin's head.
+"""The core's transformer model: encoder -> pooled text vector -> a plugin's head.
 
-A model plugin writes only a :class:`ClassifierHead`: its layers, its loss and how its
-outputs score the hierarchy's paths. Everything else (encoder, pooling, devices,
-checkpoints, training, decoding, metrics) is the core's.
+A plugin with a transformer model writes only a :class:`ClassifierHead`: its layers, its
+loss and how its outputs score the hierarchy's paths, and registers it with
+``ModelSpec(head=...)``. :class:`EncoderModel` implements the model contract
+(:class:`ktt_core.contract.Model`) around it: tokenization, devices, the training loop,
+checkpoints, ONNX export. Other frameworks implement the contract themselves.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ktt_core.contract import LabelledTexts, Model, Scores
+from ktt_core.errors import KttError
 from ktt_core.hierarchy import Hierarchy
 
 
@@ -64,7 +68,7 @@ class ClassifierHead(nn.Module, ABC):
         return sum(scores.float()[:, self.leaf_ancestors[:, d]] for d, scores in enumerate(levels))
 
 
-class KttModel(nn.Module):
+class EncoderModel(nn.Module, Model):
     """Encoder + pooling + a plugin's head, with what is needed to rebuild it."""
 
     def __init__(self, name: str, hierarchy: Hierarchy, config: dict[str, Any],
@@ -76,11 +80,96 @@ class KttModel(nn.Module):
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.head = head
+        self._tokenizer_files: dict[str, bytes] | None = None
         # Reference-set features: token-pooled vectors averaged down to a small width,
         # sized from the encoder (384 -> 24 with a kernel of 16), as drift detection on
         # hundreds of columns is slow and unreadable.
         width = min(config.get("reference_features", 24), self.hidden_size)
         self.feature_pool = nn.AdaptiveAvgPool1d(width)
+
+    # -- the model contract ------------------------------------------------------------
+    @classmethod
+    def base_defaults(cls) -> dict[str, Any]:
+        from ktt_core.config import ENCODER_DEFAULTS
+
+        return dict(ENCODER_DEFAULTS)
+
+    @classmethod
+    def build(cls, spec, hierarchy: Hierarchy, config: dict[str, Any]) -> "EncoderModel":
+        from ktt_core.encoders import load_pretrained
+
+        encoder, tokenizer = load_pretrained(config["encoder"], config["allow_download"])
+        head = spec.head(hierarchy, config, encoder.config.hidden_size)
+        return cls(spec.name, hierarchy, config, encoder, tokenizer, head)
+
+    @classmethod
+    def from_state(cls, spec, checkpoint: dict[str, Any]) -> "EncoderModel":
+        from ktt_core.checkpoint import as_bytes
+        from ktt_core.config import resolve_config
+        from ktt_core.encoders import encoder_from_config, tokenizer_from_files
+
+        path, state = checkpoint["path"], checkpoint["state"]
+        hierarchy = Hierarchy.from_dict(checkpoint["hierarchy"], source=path)
+        # A checkpoint's config is checked like a config file: it may come from elsewhere.
+        config = resolve_config(spec, [(path, checkpoint["config"])])
+        try:
+            encoder = encoder_from_config(state["encoder_config_json"])
+            tokenizer_files = {k: as_bytes(v) for k, v in state["tokenizer_files"].items()}
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise KttError(f"{path}: the encoder config or tokenizer it holds is invalid ({exc!r:.120})") from None
+        tokenizer = tokenizer_from_files(tokenizer_files)
+        head = spec.head(hierarchy, config, encoder.config.hidden_size)
+        model = cls(spec.name, hierarchy, config, encoder, tokenizer, head)
+        model.load_weights(checkpoint)
+        model._tokenizer_files = tokenizer_files
+        return model
+
+    def fit(self, train: LabelledTexts, val: LabelledTexts, run) -> list[dict]:
+        from ktt_core.training import fit
+
+        return fit(self, self.tokenize(train, run.cache_dir), self.tokenize(val, run.cache_dir), run)
+
+    def score(self, texts: Sequence[str], features: bool = False) -> Scores:
+        from ktt_core.inference import score_split
+
+        return score_split(self, self.tokenize(LabelledTexts.unlabelled(texts, self.hierarchy)),
+                           features=features)
+
+    def state(self) -> dict[str, Any]:
+        from ktt_core.encoders import tokenizer_to_files
+
+        if self._tokenizer_files is None:  # saved every epoch: serialise the tokenizer once
+            self._tokenizer_files = tokenizer_to_files(self.tokenizer)
+        return {"encoder_config_json": self.encoder.config.to_json_string(),
+                "tokenizer_files": dict(self._tokenizer_files),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+
+    def export(self, fmt: str, directory):
+        if fmt == "onnx":
+            from ktt_core.export.onnx import export_onnx
+
+            return export_onnx(self, directory)
+        return None
+
+    def summary(self) -> str:
+        n_params = sum(p.numel() for p in self.parameters())
+        return f"{n_params / 1e6:.1f}M parameters, encoder {self.config['encoder']}"
+
+    # -- torch details -----------------------------------------------------------------
+    def tokenize(self, data: LabelledTexts, cache_dir=None):
+        """``data`` as an :class:`~ktt_core.data.batches.EncodedSplit` (token ids cached on
+        disk under ``cache_dir``, keyed by tokenizer, max_length and texts)."""
+        from ktt_core.data.batches import encode_texts
+
+        return encode_texts(data.texts, self.tokenizer, self.config["max_length"], self.hierarchy,
+                            targets=data.targets, cache_dir=cache_dir)
+
+    def load_weights(self, checkpoint: dict) -> None:
+        try:
+            self.load_state_dict(checkpoint["state"]["state_dict"], strict=True)
+        except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise KttError(f"{checkpoint['path']}: weights do not fit model {self.name} ({first})") from None
 
     @property
     def hidden_size(self) -> int:
@@ -106,8 +195,16 @@ class KttModel(nn.Module):
         features = self.encode(input_ids, attention_mask)
         return self.head(features), self.feature_pool(features.unsqueeze(1)).squeeze(1)
 
+    def head_scores(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The one place head outputs become scores (inference, frozen-encoder validation,
+        the ONNX graph): float32 path log-scores and, for heads that score levels, the
+        levels' log-scores concatenated coarse to fine (else ``None``)."""
+        levels = self.head.level_log_scores(outputs)
+        concatenated = None if levels is None else torch.cat([x.float() for x in levels], dim=1)
+        return self.head.path_log_scores(outputs).float(), concatenated
+
     def path_log_scores(self, input_ids, attention_mask) -> torch.Tensor:
-        return self.head.path_log_scores(self(input_ids, attention_mask))
+        return self.head_scores(self(input_ids, attention_mask))[0]
 
     def parameter_groups(self) -> list[dict]:
         """Optimizer groups: encoder and head learn at their own rates."""

@@ -71,9 +71,10 @@ class OnnxModel:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise KttError(f"{info_path}: version {version!r} is not one this KTT reads ({FORMAT_VERSION}); "
                            "upgrade KTT or export again")
+        self.inputs_kind = info.get("inputs_kind", "token_ids")
         try:
             self.name: str = str(info["model"])
-            self.max_length: int = int(info["max_length"])
+            self.max_length: int = int(info.get("max_length") or 0)
             self.config: dict = dict(info.get("config") or {})
             self.pad_token_id: int = int(info.get("pad_token_id", 0))
             expected_sha = str(info["sha256"])
@@ -88,13 +89,16 @@ class OnnxModel:
             raise KttError(f"{onnx_path}: content hash does not match ktt.json; the file is damaged or was "
                            "replaced (export the model again)")
         self.hierarchy: Hierarchy = Hierarchy.load(directory / "hierarchy.json")
-        self._tokenizer = self._load_tokenizer(directory / "tokenizer" / "tokenizer.json",
-                                               info.get("truncation_side", "right"))
+        self._tokenizer = None
+        if self.inputs_kind == "token_ids":
+            self._tokenizer = self._load_tokenizer(directory / "tokenizer" / "tokenizer.json",
+                                                   info.get("truncation_side", "right"))
         self._session = self._load_session(onnx_path, providers, threads)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        allowed = {"text"} if self.inputs_kind == "text" else {"input_ids", "attention_mask", "token_type_ids"}
         missing = {"path_log_scores", "features"} - set(self.output_names)
-        if missing or not set(self.input_names) <= {"input_ids", "attention_mask", "token_type_ids"}:
+        if missing or not set(self.input_names) <= allowed:
             raise KttError(f"{onnx_path}: not a KTT graph (inputs {self.input_names}, outputs {self.output_names})")
         shape = self._session.get_outputs()[self.output_names.index("path_log_scores")].shape
         if shape[-1] != self.hierarchy.n_leaves:
@@ -157,6 +161,8 @@ class OnnxModel:
         """
         if batch_size < 1:
             raise KttError(f"batch size {batch_size}: must be at least 1")
+        if self.inputs_kind == "text":
+            return self._text_scores(list(texts), batch_size)
         ids = self.token_ids(texts)
         order = np.argsort(np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)), kind="stable")
         out: dict[str, np.ndarray] = {}
@@ -175,6 +181,19 @@ class OnnxModel:
                 out["level_log_scores"] = np.empty((0, h.n_classes), np.float32)
         return out
 
+    def _text_scores(self, texts: list[str], batch_size: int) -> dict[str, np.ndarray]:
+        """Outputs of a graph that takes the texts themselves, batch by batch, in order."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(texts), batch_size):
+            batch = np.array(texts[start:start + batch_size], dtype=object)
+            values = self._session.run(None, {"text": batch})
+            for name, value in zip(self.output_names, values):
+                parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
+        if not texts:
+            return {"path_log_scores": np.empty((0, self.hierarchy.n_leaves), np.float32),
+                    "features": np.empty((0, self.feature_width or 0), np.float32)}
+        return {name: np.concatenate(values) for name, values in parts.items()}
+
     def run(self, texts: list[str], batch_size: int = 64) -> tuple[Predictions, np.ndarray]:
         """Decoded predictions and pooled features (float32, (N, width)) of ``texts``."""
         out = self.scores(texts, batch_size)
@@ -190,11 +209,67 @@ class OnnxModel:
         return describe_all(self.hierarchy, predictions, top_k, decoding, threshold)
 
 
+class OnnxEnsemble:
+    """An ensemble's export: ``members/N/`` (each a member's own export) and ``ktt.json``
+    with the members' weights and how their scores combine (:mod:`ktt_core.ensemble`)."""
+
+    def __init__(self, directory, providers: Sequence[str] | None = None, threads: int | None = None):
+        from ktt_core.ensemble import ENSEMBLE_FORMAT
+
+        self.directory = directory = Path(directory)
+        info_path = directory / "ktt.json"
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("format") != ENSEMBLE_FORMAT:
+            raise KttError(f"{info_path}: not a KTT ensemble export")
+        try:
+            self.name = str(info["model"])
+            self.config = dict(info.get("config") or {})
+            self.weights = np.asarray(info["weights"], dtype=np.float64)
+            self.combine = str(info["combine"])
+            folders = [directory / str(m["folder"]) for m in info["members"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KttError(f"{info_path}: missing or malformed field ({_one_line(exc)})") from None
+        self.info = info
+        self.hierarchy = Hierarchy.load(directory / "hierarchy.json")
+        self.members = [OnnxModel(folder, providers, threads) for folder in folders]
+        if len(self.members) != len(self.weights):
+            raise KttError(f"{info_path}: {len(self.members)} members but {len(self.weights)} weights")
+        for member in self.members:
+            if member.hierarchy.to_dict() != self.hierarchy.to_dict():
+                raise KttError(f"{member.directory}: member has another hierarchy than the ensemble")
+        self.output_names = ["path_log_scores", "features"]
+        self.feature_width = self.members[0].feature_width
+
+    def scores(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, np.ndarray]:
+        from ktt_core.ensemble import combine_scores
+
+        outputs = [member.scores(texts, batch_size) for member in self.members]
+        paths = combine_scores([o["path_log_scores"] for o in outputs], self.weights, self.combine)
+        return {"path_log_scores": paths.astype(np.float32), "features": outputs[0]["features"]}
+
+    run = OnnxModel.run
+    describe = OnnxModel.describe
+
+
+def open_onnx(directory, providers: Sequence[str] | None = None, threads: int | None = None):
+    """The export in ``directory``: an :class:`OnnxEnsemble` or an :class:`OnnxModel`."""
+    info_path = Path(directory) / "ktt.json"
+    try:
+        kind = json.loads(info_path.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # OnnxModel names what is wrong
+    from ktt_core.ensemble import ENSEMBLE_FORMAT
+
+    if kind == ENSEMBLE_FORMAT:
+        return OnnxEnsemble(directory, providers, threads)
+    return OnnxModel(directory, providers, threads)
+
+
 # -- what ``ktt predict --onnx`` calls -----------------------------------------------------
 
-def open_export(model_name: str, directory) -> OnnxModel:
+def open_export(model_name: str, directory):
     """The export in ``directory``, refusing one of another model than ``model_name``."""
-    model = OnnxModel(directory)
+    model = open_onnx(directory)
     if model.name != model_name:
         raise KttError(f"{Path(directory) / 'ktt.json'}: this is an export of {model.name}, not {model_name}")
     return model

@@ -59,8 +59,13 @@ class Plugins:
                       file=sys.stderr)
 
     def _collect_models(self) -> None:
+        import ktt_core
+
+        core = PluginInfo("ktt_core.builtin", "ktt-core", ktt_core.__version__)
         for impl in self.pm.hook.ktt_register_models.get_hookimpls():
             info = next((i for i in self.info if i.name == impl.plugin_name), None)
+            if impl.plugin is builtin:
+                info = core
             registered: list[ModelSpec] = []
             try:
                 impl.function(register=registered.append)

@@ -1,10 +1,10 @@
-"""What a model is, as a plugin declares it."""
+"""What a model is, as a plugin declares it: a :class:`ModelSpec`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-#: What every model gets from the core's default hook implementations.
+#: What every model gets from the core: every command works through the model contract.
 CORE_CAPABILITIES = ("train", "test", "predict", "top_k", "reference_set", "export_onnx", "export_bento")
 
 
@@ -12,15 +12,26 @@ CORE_CAPABILITIES = ("train", "test", "predict", "top_k", "reference_set", "expo
 class ModelSpec:
     """A model provided by a plugin.
 
-    ``head`` is a :class:`ktt_core.model.ClassifierHead` subclass: the layers on top of the
-    encoder, their loss and their decoding. ``defaults`` holds the model's hyperparameters;
-    they override the core's (``ktt_core.config.CORE_DEFAULTS``) and may add new keys.
+    ``model`` is the class that implements the model contract
+    (:class:`ktt_core.contract.Model`): how the model fits, scores texts, saves and exports.
+    For the core's transformer models leave it out and give ``head``, a
+    :class:`ktt_core.model.ClassifierHead` subclass (the layers on top of the encoder, their
+    loss and their decoding): the model is then :class:`ktt_core.model.EncoderModel`.
+
+    ``defaults`` holds the model's hyperparameters; they override the model class's own
+    (``model.base_defaults()``) and may add keys. ``choices`` (key -> allowed values) and
+    ``ranges`` (key -> inclusive ``(low, high)``, ``None`` for an open end) are checked on
+    every config, whatever its source. ``search_space`` is what ``ktt tune`` searches.
     """
 
     name: str
     display_name: str
-    head: type
+    head: type | None = None
+    model: type | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple] = field(default_factory=dict)
+    ranges: Mapping[str, tuple] = field(default_factory=dict)
+    search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
     capabilities: tuple[str, ...] = CORE_CAPABILITIES
     # The plugin's BentoML service, "module:Class" (its bentoml/ folder); "" if it has none.
@@ -28,3 +39,17 @@ class ModelSpec:
     # Filled in by the plugin manager: the distribution that registered the model.
     plugin: str = ""
     plugin_version: str = ""
+
+    def __post_init__(self):
+        if self.model is None and self.head is None:
+            raise TypeError(f"ModelSpec {self.name!r}: give model= (a ktt_core.contract.Model class) "
+                            "or head= (a ClassifierHead, for an encoder model)")
+
+    @property
+    def model_class(self) -> type:
+        """The class implementing the model contract (imports torch for encoder models)."""
+        if self.model is not None:
+            return self.model
+        from ktt_core.model import EncoderModel
+
+        return EncoderModel

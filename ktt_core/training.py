@@ -26,9 +26,8 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,29 +38,13 @@ from tqdm.auto import tqdm
 from ktt_core.checkpoint import save_checkpoint
 from ktt_core.data.batches import EncodedSplit, LengthGroupedBatches, train_loader
 from ktt_core.data.cache import cache_key, load_or_compute
-from ktt_core.decoding import decode
+from ktt_core.contract import Scores
+from ktt_core.decoding import decode_scores
 from ktt_core.devices import autocast, rng_state, set_rng_state
-from ktt_core.distributed import SINGLE, Cluster
 from ktt_core.errors import KttError
 from ktt_core.files import append_jsonl, atomic_write_text
 from ktt_core.inference import encoder_features, predict
-from ktt_core.metrics import compute_metrics
-
-
-@dataclass
-class RunContext:
-    """Where and how a training run happens."""
-
-    directory: Path | None          # None: keep nothing on disk (dry runs, tests)
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    epochs: int = 1
-    seed: int = 0
-    log: Callable = print
-    cluster: Cluster = SINGLE
-    cache_dir: Path | None = None   # where frozen-encoder features may be cached
-    on_epoch: Callable[[dict], None] | None = None  # sees each epoch's record; may raise to stop
-    checkpoint_every: int = 0       # also write last.pt every N training steps (0: at epoch ends only)
-    resume: dict | None = None      # load_checkpoint() of the run's last.pt, to continue from
+from ktt_core.runs import RunContext
 
 
 class ResumableBatches(Sampler):
@@ -186,14 +169,19 @@ class FrozenEncoderSteps:
     def validate(self):
         head = self.model.head
         head.eval()
-        scores, loss_sum = [], torch.zeros((), device=self.run.device)
+        paths, levels, loss_sum = [], [], torch.zeros((), device=self.run.device)
         targets = torch.from_numpy(self.val_targets)
         for start in range(0, len(self.val_x), 4096):
             x = self.val_x[start:start + 4096].to(self.run.device)
             outputs = head(x)
             loss_sum += head.loss(outputs, targets[start:start + 4096].to(self.run.device)) * len(x)
-            scores.append(head.path_log_scores(outputs).float().cpu())
-        return decode(self.model.hierarchy, torch.cat(scores).numpy(), float(loss_sum) / len(self.val_x))
+            path_scores, level_scores = self.model.head_scores(outputs)
+            paths.append(path_scores.cpu())
+            levels.append(level_scores.cpu() if level_scores is not None else None)
+        h = self.model.hierarchy
+        per_level = None if levels[0] is None else h.split_levels(torch.cat(levels).numpy())
+        return decode_scores(h, Scores(torch.cat(paths).numpy(), per_level, None,
+                                       float(loss_sum) / len(self.val_x)))
 
 
 def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[dict]:
@@ -201,7 +189,7 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
     every epoch's record, those of a resumed run's earlier epochs included."""
     config, cluster = model.config, run.cluster
     if run.resume is not None:
-        load_weights(model, run.resume)  # before the steps: frozen-encoder features come from them
+        model.load_weights(run.resume)  # before the steps: frozen-encoder features come from them
     model.to(run.device)
     steps = (FrozenEncoderSteps if config["freeze_encoder"] else FullModelSteps)(model, train, val, run)
     optimizer = torch.optim.AdamW(steps.parameter_groups, weight_decay=config["weight_decay"],
@@ -280,12 +268,10 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
         all_rows = np.concatenate([p[0] for p in parts])
         train_loss = sum(p[1] for p in parts) / max(1, len(all_rows))
         predictions = steps.validate()
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": predictions.loss,
-                  "train_rows": int(len(all_rows)), "train_rows_unique": int(len(np.unique(all_rows))),
-                  **{f"val_{k}": v for k, v in compute_metrics(
-                      model.hierarchy, val.targets, predictions.level_ids, predictions.path_probs).items()},
-                  "seconds": round(time.perf_counter() - started, 2), "processes": cluster.world}
-        score = -record["val_loss"] if monitor == "loss" else record[f"val_{monitor}"]
+        record = run.validation_record(model, epoch, val.targets, predictions, train_loss,
+                                       time.perf_counter() - started, train_rows=int(len(all_rows)),
+                                       train_rows_unique=int(len(np.unique(all_rows))))
+        score = run.monitored(model, record)
         improved = score > best
         best = max(best, score)
         record["best"] = improved
@@ -317,14 +303,6 @@ def data_fingerprint(train: EncodedSplit, val: EncodedSplit) -> str:
         h.update("\0".join(split.texts).encode("utf-8", "surrogatepass"))
         h.update(np.ascontiguousarray(split.targets, dtype=np.int64).tobytes())
     return h.hexdigest()
-
-
-def load_weights(model, checkpoint: dict) -> None:
-    try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise KttError(f"{checkpoint['path']}: weights do not fit model {model.name} ({first})") from None
 
 
 def restore(checkpoint: dict, optimizer, scheduler, run: RunContext, fingerprint: str,

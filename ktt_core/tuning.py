@@ -18,13 +18,13 @@ from typing import Callable
 import optuna
 
 from ktt_core.config import defaults_for, read_config_file, resolve_config
-from ktt_core.data.batches import encode_texts
+from ktt_core.contract import LabelledTexts
 from ktt_core.data.datasets import Dataset
 from ktt_core.devices import resolve_device, seed_everything
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path, atomic_write_json
 from ktt_core.registry import ModelSpec
-from ktt_core.training import RunContext
+from ktt_core.runs import RunContext
 from ktt_core.workspace import Workspace
 
 DISTRIBUTIONS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
@@ -93,7 +93,8 @@ def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: lis
     if space_file:
         space = validate_space(read_config_file(space_file), spec, space_file)
     else:
-        space = validate_space(plugins.hook.ktt_search_space(spec=spec), spec, f"search space of {spec.name}")
+        space = validate_space({k: dict(v) for k, v in spec.search_space.items()}, spec,
+                               f"search space of {spec.name}")
     dataset = Dataset(ws.dataset_dir(dataset_name))
     device = resolve_device(device)
     storage = storage or f"sqlite:///{ws.root / 'tuning.db'}"
@@ -101,24 +102,18 @@ def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: lis
     study = open_study(storage, study_name, "minimize" if metric == "loss" else "maximize", seed, pruner)
     out_dir = ws.runs / spec.name / dataset_name / f"tune-{study_name}"
     cache_dir = dataset.directory / "cache"
-    splits = {}
+    # Models cache what they derive from texts (tokens, encoder features) under cache_dir,
+    # so trials after the first reuse it.
+    train, val = (LabelledTexts.from_paths(df["text"], df["path"], dataset.hierarchy)
+                  for df in (dataset.split("train"), dataset.split("val")))
     worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def encoded(tokenizer, max_length):
-        # Tokenize once per max_length; trials that share it reuse the splits.
-        if max_length not in splits:
-            splits[max_length] = tuple(
-                encode_texts(df["text"], tokenizer, max_length, dataset.hierarchy, df["path"], cache_dir)
-                for df in (dataset.split("train"), dataset.split("val")))
-        return splits[max_length]
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
         trial.set_user_attr("worker", worker)
         config = resolve_config(spec, [*layers, ("search space", params)])
         seed_everything(config["seed"])
-        model = plugins.hook.ktt_build_model(spec=spec, hierarchy=dataset.hierarchy, config=config)
-        train, val = encoded(model.tokenizer, config["max_length"])
+        model = plugins.hook.ktt_build_model(spec=spec, hierarchy=dataset.hierarchy, config=config).to(device)
 
         def report(record: dict) -> None:
             value = record["val_loss"] if metric == "loss" else record[f"val_{metric}"]
@@ -126,9 +121,10 @@ def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: lis
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
 
-        run = RunContext(None, device, config["epochs"], config["seed"], lambda *_: None,
-                         cache_dir=cache_dir, on_epoch=report)
-        history = plugins.hook.ktt_fit(model=model, train=train, val=val, run=run)
+        run = RunContext(None, device, config.get("epochs", 1), config["seed"], lambda *_: None,
+                         cache_dir=cache_dir, on_epoch=report, plugins=plugins, workspace=ws,
+                         dataset=dataset_name)
+        history = plugins.hook.ktt_fit(spec=spec, model=model, train=train, val=val, run=run)
         values = [r["val_loss"] if metric == "loss" else r[f"val_{metric}"] for r in history]
         echo(f"trial {trial.number}: {metric} {values[-1]:.4f}  {params}")
         return min(values) if metric == "loss" else max(values)

@@ -61,7 +61,7 @@ def check_trained_model(ktt, model, run):
     assert a == ktt(*args, "--checkpoint", run / "best.pt").output == ktt(*args, "--run", run).output
     plugins = Plugins()
     spec = plugins.model(model)
-    rebuilt = [plugins.hook.ktt_model_from_checkpoint(spec=spec, checkpoint=load_checkpoint(run / "best.pt"))
+    rebuilt = [plugins.hook.ktt_load_model(spec=spec, checkpoint=load_checkpoint(run / "best.pt"))
                for _ in range(2)]
     assert type(rebuilt[0].head) is spec.head
     batch = rebuilt[0].tokenizer(["household pan", "edible juice"], return_tensors="pt", padding=True)

@@ -61,7 +61,7 @@ def test_db_achmcnn_end_to_end_and_checkpoint_round_trip(ktt, synthetic_csv, tin
     spec = plugins.model(MODEL)
 
     def rebuild(path):
-        return plugins.hook.ktt_model_from_checkpoint(spec=spec, checkpoint=load_checkpoint(path)).eval()
+        return plugins.hook.ktt_load_model(spec=spec, checkpoint=load_checkpoint(path)).eval()
 
     first = rebuild(run / "best.pt")
     again = rebuild(save_checkpoint(tmp_path / "again.pt", first))
@@ -219,12 +219,12 @@ def test_registration_config_and_search_space():
                                           "h_hidden_dim", "h_layer_count")} == \
         {"encoder_lr": 2e-5, "classifier_lr": 5e-4, "h_dropout": 0.7, "h_nonlinear": "relu",
          "h_hidden_dim": 512, "h_layer_count": 3}
-    space = validate_space(plugins.hook.ktt_search_space(spec=spec), spec, MODEL)
+    space = validate_space(dict(spec.search_space), spec, MODEL)
     assert {"encoder_lr", "classifier_lr", "h_dropout", "h_hidden_dim", "h_layer_count"} <= set(space)
     assert space["h_hidden_dim"]["type"] == "categorical"
     assert (space["h_layer_count"]["type"], space["h_layer_count"]["low"], space["h_layer_count"]["high"]) == \
         ("int", 1, 4)
-    assert plugins.hook.ktt_search_space(spec=plugins.model("db_linear")) != space
+    assert dict(plugins.model("db_linear").search_space) != space
     assert MODEL not in Plugins(load="db_linear").models
     assert MODEL in Plugins(load="db_achmcnn").models
 

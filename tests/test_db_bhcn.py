@@ -193,10 +193,10 @@ def test_registration_and_search_space():
     assert bhcn.plugin == awx.plugin == "ktt-db-bhcn"
     assert bhcn.defaults["gamma_L"] == -0.1 and awx.defaults["awx_norm"] == 5
     for spec in (bhcn, awx):
-        space = validate_space(plugins.hook.ktt_search_space(spec=spec), spec, spec.name)
+        space = validate_space(dict(spec.search_space), spec, spec.name)
         assert {"encoder_lr", "classifier_lr", "dropout", "gamma_L", "lambda_L"} <= set(space)
-    assert "lambda_H" in plugins.hook.ktt_search_space(spec=bhcn)
-    assert plugins.hook.ktt_search_space(spec=awx)["awx_norm"]["choices"] == [0, 1, 2, 5, 10]
+    assert "lambda_H" in dict(bhcn.search_space)
+    assert dict(awx.search_space)["awx_norm"]["choices"] == [0, 1, 2, 5, 10]
     assert "db_bhcn" not in Plugins(load="db_linear").models
     assert {"db_bhcn", "db_bhcn_awx"} <= set(Plugins(load="db_bhcn").models)
     head = BHCNHead(SMALL, {**BHCN_DEFAULTS, "nonlinear": "tanh"}, 4)

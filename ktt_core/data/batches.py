@@ -38,18 +38,20 @@ class EncodedSplit(Dataset):
 
 
 def encode_texts(texts: Sequence[str], tokenizer, max_length: int, hierarchy: Hierarchy,
-                 paths: Sequence[Sequence[str]] | None = None, cache_dir=None) -> EncodedSplit:
-    """Tokenize ``texts`` (and encode their label ``paths``, when known).
+                 paths: Sequence[Sequence[str]] | None = None, cache_dir=None,
+                 targets: np.ndarray | None = None) -> EncodedSplit:
+    """Tokenize ``texts`` (and encode their label ``paths``, or take their per-level
+    ``targets``, when known).
 
     With ``cache_dir`` the token ids are kept on disk, keyed by the tokenizer, the
     ``max_length`` and the texts, so a dataset is tokenized once across runs.
     """
     texts = list(texts)
     ids = tokenize(texts, tokenizer, max_length, cache_dir)
-    if paths is None:
-        targets = np.full((len(texts), hierarchy.depth), -1, dtype=np.int64)
-    else:
+    if paths is not None:
         targets = hierarchy.encode_many(paths)
+    elif targets is None:
+        targets = np.full((len(texts), hierarchy.depth), -1, dtype=np.int64)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return EncodedSplit(texts, ids, targets, pad)
 

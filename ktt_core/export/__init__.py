@@ -6,8 +6,9 @@
   (:mod:`ktt_core.export.bento`); optionally a built Bento and a docker-compose stack
   with the drift monitor, Prometheus and Grafana (:mod:`ktt_core.export.compose`).
 
-The files of each format come from the ``ktt_export`` hook, so a plugin may export its
-model its own way; the core's default implementation serves every model.
+The files of each format come from the ``ktt_export`` hook (by default the model's own
+``export``); the core writes an ONNX folder whole or not at all, and only after the
+export scores probe texts as the model does (:mod:`ktt_core.export.parity`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ktt_core.errors import KttError
+from ktt_core.files import atomic_directory
 
 
 def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, onnx: bool = False,
@@ -32,9 +34,9 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
     if bento:
         from ktt_core.export import bento as bentos
 
+        spec = plugins.model(model_name)
         tag = bentos.save_model(plugins, model, path, dataset, include_onnx=out / "onnx" if onnx else None)
         yield f"BentoML model saved: {tag} (ktt serve {model_name} {dataset})"
-        spec = plugins.model(model_name)
         if build:
             yield f"Bento built: {bentos.build(spec, tag, out / 'bento')} (bentoml containerize it)"
         if monitoring:
@@ -47,7 +49,20 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
 
 
 def export_with_hook(plugins, model, fmt: str, directory: Path) -> Path:
-    written = plugins.hook.ktt_export(model=model, fmt=fmt, directory=directory)
-    if written is None:
-        raise KttError(f"no installed plugin exports {model.name} as {fmt}")
-    return Path(written)
+    """Export ``model`` as ``fmt`` into ``directory`` through the ``ktt_export`` hook.
+
+    The folder appears whole and checked, or not at all: it is written beside the target,
+    an ONNX export must pass :func:`ktt_core.export.parity.check_onnx_parity`, and only then
+    does it replace the target.
+    """
+    from ktt_core.export.parity import check_onnx_parity
+
+    spec = plugins.model(model.name)
+    directory = Path(directory)
+    with atomic_directory(directory, replace=True) as tmp:
+        written = plugins.hook.ktt_export(spec=spec, model=model, fmt=fmt, directory=tmp)
+        if written is None:
+            raise KttError(f"no installed plugin exports {model.name} as {fmt}")
+        if fmt == "onnx":
+            check_onnx_parity(plugins, spec, model, tmp)
+    return directory

@@ -61,8 +61,6 @@ def save_model(plugins, model, checkpoint: Path, dataset: str, include_onnx: Pat
     """
     import bentoml
 
-    from ktt_core.export import export_with_hook
-
     name = model_tag_name(model.name, dataset)
     source_sha = sha256_file(checkpoint)
     existing = find_stored(name, source_sha)
@@ -76,7 +74,7 @@ def save_model(plugins, model, checkpoint: Path, dataset: str, include_onnx: Pat
     # when the block succeeds: a failed export leaves no half-written model behind.
     with bentoml.models.create(name, labels={"framework": "ktt", "model": model.name},
                                metadata=metadata) as stored:
-        folder = export_with_hook(plugins, model, "bento", Path(stored.path))
+        folder = Path(plugins.hook.ktt_export(spec=spec, model=model, fmt="bento", directory=Path(stored.path)))
         reference = checkpoint.parent / "reference.parquet"
         if reference.is_file():
             shutil.copyfile(reference, folder / "reference.parquet")
@@ -97,7 +95,8 @@ def stored_model_dir(tag: str) -> Path:
 
 
 def load_predictor(directory: Path, runtime: str = "torch", device: str = "cpu"):
-    """A predictor for the stored model in ``directory`` (see :mod:`ktt_core.serving.predictor`)."""
+    """A predictor (``run(texts)``) for the stored model in ``directory``: the model through the
+    scoring call (:class:`ktt_core.scoring.ModelPredictor`) or its ONNX export."""
     directory = Path(directory)
     info_path = directory / "ktt.json"
     try:
@@ -107,19 +106,21 @@ def load_predictor(directory: Path, runtime: str = "torch", device: str = "cpu")
     if info.get("format") != FORMAT:
         raise KttError(f"{info_path}: not a KTT model folder (format {info.get('format')!r})")
     if runtime == "onnx":
-        from ktt_core.onnx_runtime import OnnxModel
+        from ktt_core.onnx_runtime import open_onnx
 
         if not (directory / "onnx").is_dir():
             raise KttError(f"{directory}: no ONNX export in this model; ktt export ... --bento --onnx")
-        return OnnxModel(directory / "onnx")
+        return open_onnx(directory / "onnx")
     checkpoint = directory / "checkpoint.pt"
     if sha256_file(checkpoint) != info.get("checkpoint_sha256"):
         raise KttError(f"{checkpoint}: content hash does not match ktt.json; the stored model is damaged")
     from ktt_core.jobs import load_model
     from ktt_core.plugins import get_plugins
-    from ktt_core.serving.predictor import TorchPredictor
+    from ktt_core.scoring import ModelPredictor
 
-    return TorchPredictor(load_model(get_plugins(), info["model"], checkpoint), device)
+    plugins = get_plugins()
+    model = load_model(plugins, info["model"], checkpoint).to(device)
+    return ModelPredictor(plugins, plugins.model(info["model"]), model)
 
 
 def build(spec, tag: str, output: Path) -> str:

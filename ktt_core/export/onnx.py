@@ -1,4 +1,5 @@
-"""ONNX export: one graph from token ids to path scores, with what is needed to run it.
+"""ONNX export of the core's transformer models: one graph from token ids to path scores,
+with what is needed to run it.
 
 The folder written by :func:`export_onnx` (see docs/export.md, "ONNX")::
 
@@ -26,11 +27,8 @@ operation of the four heads, including the ``scatter_reduce`` calls of
 :mod:`ktt_core.ops` (AWX and C-HMCNN) into ONNX ``ScatterElements`` with reductions
 (opset 18 and later), so the training code needs no export-only variant.
 
-Every export is verified before the folder appears: the written folder is loaded with
-:class:`ktt_core.onnx_runtime.OnnxModel` (its own tokenizer, onnxruntime), and every output
-must match the torch model within :data:`TOLERANCE` on probe batches of two shapes, with the
-same token ids as the model's own tokenizer. Otherwise nothing is written and
-:class:`~ktt_core.errors.KttError` says what differs.
+The core writes the folder whole or not at all and checks it, for every model, against
+the scoring call before it appears (:func:`ktt_core.export.export_with_hook`).
 """
 from __future__ import annotations
 
@@ -48,17 +46,16 @@ import torch
 from torch import nn
 
 from ktt_core.errors import KttError
-from ktt_core.files import atomic_directory, atomic_write_json, sha256_file
+from ktt_core.export.parity import probe_texts
+from ktt_core.files import atomic_write_json, sha256_file
 
 FORMAT = "ktt-onnx"
 FORMAT_VERSION = 1
-#: Largest absolute difference allowed between onnxruntime and torch on the probe batches.
-TOLERANCE = 1e-4
 INPUTS = ("input_ids", "attention_mask")
 
 
 class ExportGraph(nn.Module):
-    """What the graph computes: a :class:`~ktt_core.model.KttModel`'s path scores, pooled
+    """What the graph computes: an :class:`~ktt_core.model.EncoderModel`'s path scores, pooled
     features and (when its head has them) concatenated per-level scores, all float32."""
 
     def __init__(self, model):
@@ -67,29 +64,16 @@ class ExportGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs, features = self.model.forward_with_features(input_ids, attention_mask)
-        head = self.model.head
-        result = [head.path_log_scores(outputs).float(), features.float()]
-        levels = head.level_log_scores(outputs)
-        if levels is not None:
-            result.append(torch.cat([x.float() for x in levels], dim=1))
-        return tuple(result)
+        paths, levels = self.model.head_scores(outputs)
+        return (paths, features.float()) if levels is None else (paths, features.float(), levels)
 
 
 def output_names(model) -> list[str]:
     """The graph's outputs for ``model``: ``level_log_scores`` only for heads that have them."""
     probe = torch.zeros((1, model.head.input_dim), dtype=torch.float32, device=model.device)
     with torch.no_grad():
-        has_levels = model.head.level_log_scores(model.head(probe)) is not None
+        has_levels = model.head_scores(model.head(probe))[1] is not None
     return ["path_log_scores", "features"] + (["level_log_scores"] if has_levels else [])
-
-
-def probe_texts(model) -> list[list[str]]:
-    """Probe batches of two shapes: one text, and texts of very different lengths (one
-    longer than ``max_length``, so truncation is checked too), made of the model's labels."""
-    labels = [label for level in model.hierarchy.classes for label in level if label]
-    words = " ".join(labels[:12]) or "probe"
-    return [[f"{words} probe"],
-            ["a", f"export check {words}", " ".join([words] * (model.config["max_length"] + 1)), "42 x"]]
 
 
 def tokenizer_files(model) -> dict[str, bytes]:
@@ -143,10 +127,11 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def export_graph(model, path: Path) -> int:
-    """Write ``model`` (a CPU KttModel in eval mode) as one ONNX file; returns its opset."""
+def export_graph(model, path: Path, texts: list[str]) -> int:
+    """Write ``model`` (a CPU EncoderModel in eval mode) as one ONNX file, traced on two of
+    ``texts``; returns its opset."""
     names = output_names(model)
-    args = tuple(torch.from_numpy(x) for x in _encode(model, probe_texts(model)[1][1:3]))
+    args = tuple(torch.from_numpy(x) for x in _encode(model, texts[2:4]))
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
         with _quiet_exporter():
@@ -161,45 +146,9 @@ def export_graph(model, path: Path) -> int:
     return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def verify(model, directory: Path) -> float:
-    """Load the written folder as the runtime does and compare it with ``model`` on the probe
-    batches; returns the largest absolute difference, KttError beyond :data:`TOLERANCE`."""
-    from ktt_core.onnx_runtime import OnnxModel
-
-    try:
-        runtime = OnnxModel(directory)
-    except KttError as exc:
-        raise KttError(f"ONNX export of {model.name} does not load: {exc}") from None
-    names = output_names(model)
-    worst = 0.0
-    for texts in probe_texts(model):
-        ids, mask = _encode(model, texts)
-        if runtime.token_ids(texts) != _token_ids(model, texts):
-            raise KttError(f"ONNX export of {model.name}: tokenizer/tokenizer.json gives other token ids than "
-                           "the model's tokenizer")
-        with torch.no_grad():
-            expected = ExportGraph(model)(torch.from_numpy(ids), torch.from_numpy(mask))
-        got = runtime.session_outputs(ids, mask)
-        for name, want in zip(names, expected):
-            want = want.numpy()
-            have = got[name]
-            if have.shape != want.shape:
-                raise KttError(f"ONNX export of {model.name}: output {name} has shape {have.shape}, "
-                               f"torch gives {want.shape}")
-            diff = float(np.max(np.abs(have.astype(np.float64) - want))) if want.size else 0.0
-            if not diff <= TOLERANCE:  # also catches NaN
-                raise KttError(f"ONNX export of {model.name}: onnxruntime differs from torch by {diff:.3g} "
-                               f"on output {name} (tolerance {TOLERANCE:g}); the graph is not written")
-            worst = max(worst, diff)
-    return worst
-
-
 def export_onnx(model, directory: Path) -> Path:
-    """Export ``model`` (a :class:`~ktt_core.model.KttModel`) to the folder ``directory``.
-
-    The folder is written whole or not at all (an existing one is replaced only once the
-    new one is written and verified). Returns ``directory``.
-    """
+    """Write ``model`` (an :class:`~ktt_core.model.EncoderModel`) into the empty folder
+    ``directory``; returns it. The core checks the result (see the module docstring)."""
     directory = Path(directory)
     missing = [name for name in ("onnx", "onnxscript", "onnxruntime", "tokenizers") if not find_spec(name)]
     if missing:
@@ -208,40 +157,38 @@ def export_onnx(model, directory: Path) -> Path:
     source = model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
     source.eval()
     try:
-        with atomic_directory(directory, replace=True) as tmp:
-            onnx_path = tmp / "model.onnx"
-            opset = export_graph(source, onnx_path)
-            token_dir = tmp / "tokenizer"
-            token_dir.mkdir()
-            for name, data in sorted(tokenizer_files(source).items()):
-                (token_dir / name).write_bytes(data)
-            (tmp / "hierarchy.json").write_text(
-                json.dumps(source.hierarchy.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-            tokenizer = source.tokenizer
-            features = source.feature_pool.output_size
-            features = features[0] if isinstance(features, (tuple, list)) else features
-            h = source.hierarchy
-            outputs = [{"name": "path_log_scores", "dtype": "float32", "shape": ["batch", h.n_leaves]},
-                       {"name": "features", "dtype": "float32", "shape": ["batch", int(features)]}]
-            if "level_log_scores" in output_names(source):
-                outputs.append({"name": "level_log_scores", "dtype": "float32", "shape": ["batch", h.n_classes],
-                                "level_sizes": list(h.level_sizes)})
-            atomic_write_json(tmp / "ktt.json", {
-                "format": FORMAT,
-                "version": FORMAT_VERSION,
-                "model": source.name,
-                "config": source.config,
-                "max_length": int(source.config["max_length"]),
-                "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-                "truncation_side": getattr(tokenizer, "truncation_side", "right"),
-                "inputs": [{"name": name, "dtype": "int64", "shape": ["batch", "sequence"]} for name in INPUTS],
-                "outputs": outputs,
-                "sha256": sha256_file(onnx_path),
-                "opset": opset,
-                "torch": torch.__version__,
-                "tolerance": TOLERANCE,
-            })
-            verify(source, tmp)
+        onnx_path = directory / "model.onnx"
+            opset = export_graph(source, onnx_path, probe_texts(source.hierarchy))
+        token_dir = directory / "tokenizer"
+        token_dir.mkdir()
+        for name, data in sorted(tokenizer_files(source).items()):
+            (token_dir / name).write_bytes(data)
+        (directory / "hierarchy.json").write_text(
+            json.dumps(source.hierarchy.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+        tokenizer = source.tokenizer
+        features = source.feature_pool.output_size
+        features = features[0] if isinstance(features, (tuple, list)) else features
+        h = source.hierarchy
+        outputs = [{"name": "path_log_scores", "dtype": "float32", "shape": ["batch", h.n_leaves]},
+                   {"name": "features", "dtype": "float32", "shape": ["batch", int(features)]}]
+        if "level_log_scores" in output_names(source):
+            outputs.append({"name": "level_log_scores", "dtype": "float32", "shape": ["batch", h.n_classes],
+                            "level_sizes": list(h.level_sizes)})
+        atomic_write_json(directory / "ktt.json", {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model": source.name,
+            "inputs_kind": "token_ids",
+            "config": source.config,
+            "max_length": int(source.config["max_length"]),
+            "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
+            "truncation_side": getattr(tokenizer, "truncation_side", "right"),
+            "inputs": [{"name": name, "dtype": "int64", "shape": ["batch", "sequence"]} for name in INPUTS],
+            "outputs": outputs,
+            "sha256": sha256_file(onnx_path),
+            "opset": opset,
+            "torch": torch.__version__,
+        })
     finally:
         model.train(was_training)
     return directory

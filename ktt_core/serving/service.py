@@ -89,14 +89,13 @@ class KttRunner:
 
         import logging
 
-        import torch
-
         if self.settings.torch_threads:
+            import torch
+
             torch.set_num_threads(self.settings.torch_threads)
         self.predictor = load_predictor(self.stored_model.path, self.settings.runtime)
-        logging.getLogger("ktt").warning("runner of %s: runtime %s, %d torch threads, batches of up to %d",
-                                         self.model_name, self.settings.runtime, torch.get_num_threads(),
-                                         self.settings.max_batch_size)
+        logging.getLogger("ktt").warning("runner of %s: runtime %s, batches of up to %d",
+                                         self.model_name, self.settings.runtime, self.settings.max_batch_size)
         self.monitor = None
         if self.settings.monitor_url:
             from ktt_core.monitoring.client import MonitorClient

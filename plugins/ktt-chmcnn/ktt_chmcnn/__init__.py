@@ -25,13 +25,6 @@ SEARCH_SPACE = {
 
 
 @hookimpl
-def ktt_search_space(spec):
-    if spec.name != "db_achmcnn":
-        return None
-    return {k: dict(v) for k, v in SEARCH_SPACE.items()}
-
-
-@hookimpl
 def ktt_register_models(register):
     register(ModelSpec(
         name="db_achmcnn",
@@ -39,6 +32,8 @@ def ktt_register_models(register):
         display_name="DistilBERT+Adapted C-HMCNN",
         head=ACHMCNNHead,
         defaults=DEFAULTS,
+        choices={"h_nonlinear": ("relu", "tanh")},
+        search_space=SEARCH_SPACE,
         description="Encoder, feed-forward network with one sigmoid output per class of every level; "
                     "max constraint module (a class scores the max of its descendants) and MCLoss.",
     ))

@@ -26,6 +26,8 @@ AWX_DEFAULTS = {
     "awx_norm": 5,        # n of the n-norm over the leaves under a class; <= 0: max
 }
 
+CHOICES = {"nonlinear": ("relu", "tanh")}
+
 # Tuning ranges around the original's defaults.
 COMMON_SPACE = {
     "encoder_lr": {"type": "float", "low": 1e-6, "high": 1e-4, "log": True},
@@ -43,12 +45,6 @@ SEARCH_SPACES = {
 }
 
 
-@hookimpl
-def ktt_search_space(spec):
-    if spec.name not in SEARCH_SPACES:
-        return None
-    return SEARCH_SPACES[spec.name]
-
 
 @hookimpl
 def ktt_register_models(register):
@@ -58,6 +54,8 @@ def ktt_register_models(register):
         display_name="DistilBERT+BHCN",
         head=BHCNHead,
         defaults=BHCN_DEFAULTS,
+        choices=CHOICES,
+        search_space=SEARCH_SPACES["db_bhcn"],
         description="Encoder, then one layer per level fed the text vector and the level above; "
                     "level-weighted local loss plus a hierarchical loss.",
     ))
@@ -67,6 +65,8 @@ def ktt_register_models(register):
         display_name="DistilBERT+BHCN+AWX",
         head=BHCNAWXHead,
         defaults=AWX_DEFAULTS,
+        choices=CHOICES,
+        search_space=SEARCH_SPACES["db_bhcn_awx"],
         description="BHCN layers; every class scores the n-norm (or max) of the sigmoid scores "
                     "of its leaves (AWX), so parents never score below their children.",
     ))

@@ -26,10 +26,6 @@ SEARCH_SPACE = {
 }
 
 
-@hookimpl
-def ktt_search_space(spec):
-    return SEARCH_SPACE if spec.name == "db_linear" else None
-
 
 @hookimpl
 def ktt_register_models(register):
@@ -39,6 +35,7 @@ def ktt_register_models(register):
         display_name="DistilBERT+Linear",
         head=LinearLeafHead,
         defaults=DEFAULTS,
+        search_space=SEARCH_SPACE,
         description="Encoder, dropout, one linear layer over the leaf classes; "
                     "ancestors follow from the predicted leaf.",
     ))

@@ -1,0 +1,53 @@
+"""KTT plugin: the original KTT's scikit-learn models, TF-IDF + linear classifiers.
+
+``tfidf_lsgd`` scores every full path with one classifier; ``tfidf_hsgd`` has a local
+classifier per parent node (see :mod:`ktt_tfidf.model`). Neither needs an encoder.
+"""
+from ktt_core import hookimpl
+from ktt_core.registry import ModelSpec
+
+from ktt_tfidf.model import FlatTfidfModel, HierarchicalTfidfModel
+
+CHOICES = {"classifier": ("logreg", "sgd")}
+RANGES = {"word_ngram_max": (0, 5), "char_ngram_min": (1, 10), "char_ngram_max": (0, 10), "min_df": (1, None),
+          "max_features": (0, None), "C": (1e-6, None), "alpha": (1e-12, None), "max_iter": (1, None),
+          "reference_features": (1, 512)}
+
+SEARCH_SPACE = {
+    "C": {"type": "float", "low": 0.5, "high": 50.0, "log": True},
+    "word_ngram_max": {"type": "int", "low": 1, "high": 3},
+    "char_ngram_max": {"type": "categorical", "choices": [0, 4, 5, 6]},
+    "min_df": {"type": "int", "low": 1, "high": 3},
+    "sublinear_tf": {"type": "categorical", "choices": [True, False]},
+}
+
+FLAT_DEFAULTS: dict = {}
+HIERARCHICAL_DEFAULTS: dict = {}
+
+
+@hookimpl
+def ktt_register_models(register):
+    register(ModelSpec(
+        name="tfidf_lsgd",
+        display_name="TF-IDF + linear classifier over paths",
+        model=FlatTfidfModel,
+        defaults=FLAT_DEFAULTS,
+        choices=CHOICES,
+        ranges=RANGES,
+        search_space=SEARCH_SPACE,
+        service="ktt_tfidf.bentoml.service:TfidfLsgdService",
+        description="Word and character n-gram TF-IDF, one logistic-regression (or SGD) classifier over "
+                    "the full label paths.",
+    ))
+    register(ModelSpec(
+        name="tfidf_hsgd",
+        display_name="TF-IDF + a classifier per parent node",
+        model=HierarchicalTfidfModel,
+        defaults=HIERARCHICAL_DEFAULTS,
+        choices=CHOICES,
+        ranges=RANGES,
+        search_space=SEARCH_SPACE,
+        service="ktt_tfidf.bentoml.service:TfidfHsgdService",
+        description="Word and character n-gram TF-IDF, a local classifier per parent node (hiclass-style); "
+                    "path score = sum of the log-probabilities along it.",
+    ))
