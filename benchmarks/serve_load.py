@@ -4,7 +4,7 @@
 One run on one machine:
 
 1. OFFLINE baseline: the same model, loaded in this process, predicts the same texts in
-   batches (``TorchPredictor.run``, batch 64) — what the hardware gives without a server.
+   batches (``ModelPredictor.run``: the scoring call) — what the hardware gives without a server.
 2. SERVED: ``ktt serve`` starts the model's BentoML service on 127.0.0.1 (with the drift
    monitor when ``--monitoring``); N requests, one text each, go out at concurrency C.
    ``--bad-share`` of them are malformed (invalid JSON, wrong types, empty, too long ...).
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from ktt_core.jobs import load_model, resolve_checkpoint
     from ktt_core.plugins import get_plugins
     from ktt_core.serving.launch import bentoml_env, stop_service, wait_ready
-    from ktt_core.serving.predictor import TorchPredictor
+    from ktt_core.scoring import ModelPredictor
     from ktt_core.workspace import Workspace
 
     ws = Workspace(args.workspace)
@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                        stdout=subprocess.DEVNULL)
         predictor = OnnxModel(checkpoint.parent / "export" / "onnx")
     else:
-        predictor = TorchPredictor(load_model(get_plugins(), args.model, checkpoint))
+        plugins = get_plugins()
+        predictor = ModelPredictor(plugins, plugins.model(args.model), load_model(plugins, args.model, checkpoint))
     expected, offline = offline_baseline(predictor, texts, repeats=max(1, 2000 // len(texts)))
     del predictor
     print(f"offline batch inference ({args.runtime}): {offline:.0f} texts/s ({len(texts)} texts, "

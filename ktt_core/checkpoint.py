@@ -192,6 +192,16 @@ def _storable(value):
     return value
 
 
+def hierarchy_and_config(spec, checkpoint: dict[str, Any]):
+    """The hierarchy and the config a loaded checkpoint holds, both checked (a checkpoint may
+    come from elsewhere: its config is validated like a config file). For ``from_state``."""
+    from ktt_core.config import resolve_config
+    from ktt_core.hierarchy import Hierarchy
+
+    path = checkpoint["path"]
+    return Hierarchy.from_dict(checkpoint["hierarchy"], source=path), resolve_config(spec, [(path, checkpoint["config"])])
+
+
 def as_numpy(value, path: str, what: str, dtype=None, ndim: int | None = None) -> np.ndarray:
     """A stored tensor as a numpy array; KttError naming the file when it is not one of the
     expected shape (a checkpoint may come from elsewhere)."""

@@ -91,9 +91,11 @@ def list_models(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
-        click.echo("No models installed. Install a model plugin, e.g.: pip install ./plugins/ktt-db-linear")
-        return
+    if all(r["plugin"] == "ktt-core" for r in rows):
+        click.echo("No model plugins installed (only the core's ensemble). Install one, e.g.: "
+                   "pip install ./plugins/ktt-db-linear")
+        if not rows:
+            return
     from rich.console import Console
     from rich.table import Table
 

@@ -18,6 +18,7 @@ from ktt_core.registry import ModelSpec
 #: Keys every model has, whatever its framework.
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
+    "monitor": "exact_path_accuracy",  # validation metric that picks best.pt (or "loss")
 }
 
 #: Keys of the core's transformer models (:class:`ktt_core.model.EncoderModel`); kept here,
@@ -36,7 +37,6 @@ ENCODER_DEFAULTS: dict[str, Any] = {
     "scheduler": "constant",         # constant | linear (warm-up then linear decay)
     "warmup_ratio": 0.0,
     "grad_clip": 1.0,                # max gradient norm; 0 disables clipping
-    "monitor": "exact_path_accuracy",  # validation metric that picks best.pt (or "loss")
     "reference_features": 24,        # pooled feature width in reference sets
     "allow_download": False,         # let the encoder be fetched from the Hugging Face Hub
     "precision": "auto",             # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16

@@ -221,13 +221,11 @@ class EnsembleModel(Model):
 
     @classmethod
     def from_state(cls, spec: ModelSpec, checkpoint: dict[str, Any]) -> "EnsembleModel":
-        from ktt_core.checkpoint import as_numpy
-        from ktt_core.config import resolve_config
+        from ktt_core.checkpoint import as_numpy, hierarchy_and_config
         from ktt_core.plugins import get_plugins
 
         path, state = checkpoint["path"], checkpoint["state"]
-        hierarchy = Hierarchy.from_dict(checkpoint["hierarchy"], source=path)
-        config = resolve_config(spec, [(path, checkpoint["config"])])
+        hierarchy, config = hierarchy_and_config(spec, checkpoint)
         plugins = get_plugins()
         try:
             weights = as_numpy(state["weights"], path, "weights", np.float64, ndim=1)

@@ -104,14 +104,11 @@ class EncoderModel(nn.Module, Model):
 
     @classmethod
     def from_state(cls, spec, checkpoint: dict[str, Any]) -> "EncoderModel":
-        from ktt_core.checkpoint import as_bytes
-        from ktt_core.config import resolve_config
+        from ktt_core.checkpoint import as_bytes, hierarchy_and_config
         from ktt_core.encoders import encoder_from_config, tokenizer_from_files
 
         path, state = checkpoint["path"], checkpoint["state"]
-        hierarchy = Hierarchy.from_dict(checkpoint["hierarchy"], source=path)
-        # A checkpoint's config is checked like a config file: it may come from elsewhere.
-        config = resolve_config(spec, [(path, checkpoint["config"])])
+        hierarchy, config = hierarchy_and_config(spec, checkpoint)
         try:
             encoder = encoder_from_config(state["encoder_config_json"])
             tokenizer_files = {k: as_bytes(v) for k, v in state["tokenizer_files"].items()}

@@ -1,15 +1,19 @@
 """Run an ONNX export (``ktt export MODEL DATASET --onnx``) without torch or transformers.
 
-:class:`OnnxModel` needs onnxruntime, numpy and the ``tokenizers`` library only: it
-tokenizes with the export's ``tokenizer/tokenizer.json`` (truncated to ``max_length``,
-padded to the longest text of each batch), runs the one graph, and decodes the path scores
-with :func:`ktt_core.decoding.decode`, exactly as the torch path does. It has the ``run``,
-``name`` and ``hierarchy`` of :class:`ktt_core.serving.predictor.TorchPredictor`, so a
-service can use either.
+:class:`OnnxModel` needs onnxruntime and numpy (and the ``tokenizers`` library for
+graphs over token ids). A graph takes either token ids (the transformer models: it
+tokenizes with the export's ``tokenizer/tokenizer.json``, truncated to ``max_length``,
+padded to the longest text of each batch) or the texts themselves (``inputs_kind``
+``"text"`` in ``ktt.json``: the TF-IDF models, whose graph holds its own n-gram
+vectorizer). :class:`OnnxEnsemble` runs an ensemble's export: one folder per member and
+the ensemble's weights. Both decode the path scores with :func:`ktt_core.decoding.decode`,
+exactly as the model does, and have the ``run``, ``name`` and ``hierarchy`` of
+:class:`ktt_core.scoring.ModelPredictor`, so a service can use either; :func:`open_onnx`
+opens whichever a folder holds.
 
 This module must not import torch or transformers (a test runs it with both made
 unimportable); :mod:`ktt_core.hierarchy`, :mod:`ktt_core.decoding` and
-:mod:`ktt_core.streaming` do not either.
+:mod:`ktt_core.streaming` and :mod:`ktt_core.ensemble` do not either.
 """
 from __future__ import annotations
 

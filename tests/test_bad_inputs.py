@@ -170,7 +170,7 @@ def _forge(workspace: Path, path: Path, change, rehash: bool) -> Path:
 
 def checkpoint_with_flipped_weight(folder: Path, workspace: Path) -> Path:
     def flip(payload):
-        weights = next(v for v in payload["state_dict"].values() if v.is_floating_point())
+        weights = next(v for v in payload["state"]["state_dict"].values() if v.is_floating_point())
         weights.view(-1)[0] += 1.0
 
     return _forge(workspace, folder / "flipped.pt", flip, rehash=False)
@@ -199,7 +199,7 @@ def checkpoint_with_bad_config(folder: Path, workspace: Path) -> Path:
 
 
 def checkpoint_with_bad_encoder_config(folder: Path, workspace: Path) -> Path:
-    return _forge(workspace, folder / "bad-encoder.pt", lambda p: p.__setitem__("encoder_config_json", "{}"),
+    return _forge(workspace, folder / "bad-encoder.pt", lambda p: p["state"].__setitem__("encoder_config_json", "{}"),
                   rehash=True)
 
 

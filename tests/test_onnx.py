@@ -246,15 +246,16 @@ def test_damaged_or_mismatched_exports_are_refused(exported, tmp_path):
 
 
 def test_failed_verification_writes_nothing(exported, monkeypatch, tmp_path):
-    from ktt_core.export import onnx as onnx_export
+    from ktt_core.export import export_with_hook, parity
 
-    model = load_model(Plugins(), "db_linear", exported["runs"]["db_linear"] / "best.pt")
+    plugins = Plugins()
+    model = load_model(plugins, "db_linear", exported["runs"]["db_linear"] / "best.pt")
     target = tmp_path / "onnx"
     target.mkdir()
     (target / "keep.txt").write_text("previous export")
-    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # nothing can pass
-    with pytest.raises(KttError, match="onnxruntime differs from torch"):
-        onnx_export.export_onnx(model, target)
+    monkeypatch.setattr(parity, "TOLERANCE", -1.0)  # nothing can pass
+    with pytest.raises(KttError, match="onnxruntime differs from the model"):
+        export_with_hook(plugins, model, "onnx", target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no temporary folder left
     assert (target / "keep.txt").read_text() == "previous export"  # the old export untouched
 

@@ -123,9 +123,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shop, tiny_e
     for name in ("last.pt", "best.pt"):
         ours, theirs = load_checkpoint(crashed / name), load_checkpoint(reference / name)
         assert ours["training"]["epoch"] == theirs["training"]["epoch"]
-        assert ours["state_dict"].keys() == theirs["state_dict"].keys()
-        for key, value in theirs["state_dict"].items():
-            assert torch.equal(ours["state_dict"][key], value), (name, key)
+        assert ours["state"]["state_dict"].keys() == theirs["state"]["state_dict"].keys()
+        for key, value in theirs["state"]["state_dict"].items():
+            assert torch.equal(ours["state"]["state_dict"][key], value), (name, key)
     ours, theirs = (load_checkpoint(run / "last.pt")["optimizer"]["state"] for run in (crashed, reference))
     for index, moments in theirs.items():
         for key, value in moments.items():
@@ -197,7 +197,7 @@ def test_resume_at_an_epoch_end_continues_exactly(ktt, shop, tiny_encoder, works
     stopped = train_in_process(ktt, workspace, tiny_encoder, *extra, epochs=1)
     ktt("train", "db_linear", "shop", "--resume", stopped, "--epochs", "2", "--device", "cpu")
     assert without_seconds(epochs_of(stopped)) == without_seconds(epochs_of(straight))
-    ours, theirs = (load_checkpoint(run / "last.pt")["state_dict"] for run in (stopped, straight))
+    ours, theirs = (load_checkpoint(run / "last.pt")["state"]["state_dict"] for run in (stopped, straight))
     assert all(torch.equal(ours[key], value) for key, value in theirs.items())
 
 
@@ -231,7 +231,7 @@ def test_corrupt_or_truncated_checkpoint_is_a_one_line_error(ktt, shop, tiny_enc
 def test_content_hash_covers_every_entry_and_legacy_files_load(ktt, shop, tiny_encoder, workspace, tmp_path):
     run = train_in_process(ktt, workspace, tiny_encoder, epochs=1)
     raw = torch.load(run / "best.pt", weights_only=True)
-    assert raw["version"] == 2 and raw["sha256"] == content_digest({k: v for k, v in raw.items() if k != "sha256"})
+    assert raw["version"] == 3 and raw["sha256"] == content_digest({k: v for k, v in raw.items() if k != "sha256"})
 
     def saved(name: str, payload: dict):
         torch.save(payload, tmp_path / name)
@@ -246,5 +246,7 @@ def test_content_hash_covers_every_entry_and_legacy_files_load(ktt, shop, tiny_e
     unhashed = {k: v for k, v in raw.items() if k != "sha256"}
     with pytest.raises(KttError, match="content hash missing"):
         load_checkpoint(saved("unhashed.pt", unhashed))
-    legacy = load_checkpoint(saved("legacy.pt", {**unhashed, "version": 1}))
-    assert legacy["model"] == "db_linear" and legacy["state_dict"].keys() == raw["state_dict"].keys()
+    # Versions 1 and 2 kept the encoder model's state at the top level; it loads the same.
+    old_layout = {**{k: v for k, v in unhashed.items() if k != "state"}, **raw["state"], "version": 1}
+    legacy = load_checkpoint(saved("legacy.pt", old_layout))
+    assert legacy["model"] == "db_linear" and legacy["state"]["state_dict"].keys() == raw["state"]["state_dict"].keys()

@@ -158,7 +158,7 @@ def export_onnx(model, directory: Path) -> Path:
     source.eval()
     try:
         onnx_path = directory / "model.onnx"
-            opset = export_graph(source, onnx_path, probe_texts(source.hierarchy))
+        opset = export_graph(source, onnx_path, probe_texts(source.hierarchy))
         token_dir = directory / "tokenizer"
         token_dir.mkdir()
         for name, data in sorted(tokenizer_files(source).items()):

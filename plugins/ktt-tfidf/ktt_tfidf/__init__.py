@@ -8,15 +8,17 @@ from ktt_core.registry import ModelSpec
 
 from ktt_tfidf.model import FlatTfidfModel, HierarchicalTfidfModel
 
-CHOICES = {"classifier": ("logreg", "sgd")}
+CHOICES = {"classifier": ("sgd", "logreg")}
 RANGES = {"word_ngram_max": (0, 5), "char_ngram_min": (1, 10), "char_ngram_max": (0, 10), "min_df": (1, None),
           "max_features": (0, None), "C": (1e-6, None), "alpha": (1e-12, None), "max_iter": (1, None),
+          "n_jobs": (-1, 64),
           "reference_features": (1, 512)}
 
 SEARCH_SPACE = {
-    "C": {"type": "float", "low": 0.5, "high": 50.0, "log": True},
+    "alpha": {"type": "float", "low": 1e-7, "high": 1e-4, "log": True},
+    "max_iter": {"type": "int", "low": 5, "high": 30},
     "word_ngram_max": {"type": "int", "low": 1, "high": 3},
-    "char_ngram_max": {"type": "categorical", "choices": [0, 4, 5, 6]},
+    "char_ngram_max": {"type": "categorical", "choices": [0, 5, 6]},
     "min_df": {"type": "int", "low": 1, "high": 3},
     "sublinear_tf": {"type": "categorical", "choices": [True, False]},
 }
