@@ -11,8 +11,8 @@ one set of rows, the same starting weights for every measurement:
 * KTT: the core's own code, not a copy of it. Training is ``encode_texts`` (tokenization is
   timed) then ``ktt_core.training.fit`` for one epoch on a RunContext with no run folder,
   with whatever ``fit`` does by default (batch size, padding, precision, ...) and including
-  its end-of-epoch validation on ``--val-rows`` extra rows; inference is ``encode_texts`` then
-  ``ktt_core.inference.predict``.
+  its end-of-epoch validation on ``--val-rows`` extra rows; inference is the scoring call every
+  command uses (``ktt_core.scoring.predict``: the model's ``score``, tokenization included).
 
 Both process the same ``--rows`` rows exactly once per path. Each path is warmed up on one
 batch first, then the weights are restored. Run ``--help`` for the options; see README.md.
@@ -44,9 +44,10 @@ from ktt_core.config import parse_set_options, resolve_config  # noqa: E402
 from ktt_core.data.batches import encode_texts  # noqa: E402
 from ktt_core.devices import resolve_device, seed_everything  # noqa: E402
 from ktt_core.hierarchy import Hierarchy  # noqa: E402
-from ktt_core.inference import predict  # noqa: E402
+from ktt_core.scoring import predict as predict_texts  # noqa: E402
 from ktt_core.plugins import Plugins  # noqa: E402
-from ktt_core.training import RunContext, fit  # noqa: E402
+from ktt_core.runs import RunContext  # noqa: E402
+from ktt_core.training import fit  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "walmart_30k.parquet"
 BUNDLED = REPO / "data" / "walmart_sample.parquet"
@@ -234,10 +235,9 @@ def ktt_train(model, texts, paths, val_texts, val_paths, device, seed: int) -> d
     return {"history": history, "tokenize_seconds": tokenize_s}
 
 
-def ktt_predict(model, texts, device):
+def ktt_predict(plugins, model, texts, device):
     model.to(device)
-    split = encode_texts(texts, model.tokenizer, model.config["max_length"], model.hierarchy)
-    return predict(model, split)
+    return predict_texts(plugins, plugins.model(model.name), model, texts)
 
 
 # --------------------------------------------------------------------------- setup
@@ -383,12 +383,12 @@ def main(argv=None) -> dict:
                                   "peak_memory_bytes": peak, "cpu_cores_busy": busy}
     log(f"naive inference: {args.rows / seconds:.1f} samples/s ({seconds:.1f}s)")
 
-    # KTT inference: encode_texts + predict.
-    ktt_predict(model, texts[: config["eval_batch_size"]], device)
-    _, seconds, peak, busy = timed(device, memory, lambda: ktt_predict(model, texts, device))
+    # KTT inference: the scoring call.
+    ktt_predict(plugins, model, texts[: config["eval_batch_size"]], device)
+    _, seconds, peak, busy = timed(device, memory, lambda: ktt_predict(plugins, model, texts, device))
     results["ktt_inference"] = {"seconds": seconds, "samples_per_s": args.rows / seconds,
                                 "peak_memory_bytes": peak, "cpu_cores_busy": busy}
-    log(f"KTT inference (encode_texts + predict): {args.rows / seconds:.1f} samples/s ({seconds:.1f}s)")
+    log(f"KTT inference (the scoring call): {args.rows / seconds:.1f} samples/s ({seconds:.1f}s)")
 
     import transformers
 

@@ -137,7 +137,9 @@ def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> di
     if not last.is_file() and versioning.is_tracked(last):
         versioning.ensure_local(last, ws.root, what="checkpoint")
     if not last.is_file():
-        raise KttError(f"--resume {run_dir}: no last.pt in that folder, nothing to resume from")
+        finished = " (the run finished: models trained in one go keep only best.pt)" if (
+            directory / "best.pt").is_file() else ""
+        raise KttError(f"--resume {run_dir}: no last.pt in that folder, nothing to resume from{finished}")
     try:
         settings = json.loads((directory / "config.json").read_text(encoding="utf-8"))
         holds = (settings["model"], settings["dataset"])

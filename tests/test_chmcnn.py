@@ -217,8 +217,8 @@ def test_registration_config_and_search_space():
     assert spec.head is ACHMCNNHead
     assert {k: spec.defaults[k] for k in ("encoder_lr", "classifier_lr", "h_dropout", "h_nonlinear",
                                           "h_hidden_dim", "h_layer_count")} == \
-        {"encoder_lr": 2e-5, "classifier_lr": 5e-4, "h_dropout": 0.7, "h_nonlinear": "relu",
-         "h_hidden_dim": 512, "h_layer_count": 3}
+        {"encoder_lr": 2e-5, "classifier_lr": 2e-3, "h_dropout": 0.1, "h_nonlinear": "relu",
+         "h_hidden_dim": 512, "h_layer_count": 2}
     space = validate_space(dict(spec.search_space), spec, MODEL)
     assert {"encoder_lr", "classifier_lr", "h_dropout", "h_hidden_dim", "h_layer_count"} <= set(space)
     assert space["h_hidden_dim"]["type"] == "categorical"

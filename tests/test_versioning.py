@@ -164,3 +164,24 @@ def test_init_inside_an_existing_git_repository(tmp_path):
     assert not any("git repository" in line for line in lines)  # the outer one is used
     assert (ws / ".dvc").is_dir() and not (ws / ".git").exists()
     assert versioning.find_root(ws / "datasets") == ws
+
+
+def test_tfidf_and_ensemble_runs_round_trip_through_the_remote(ktt, workspace, tmp_path, synthetic_csv):
+    """Models of any framework are tracked and fetched back alike (they keep best.pt only)."""
+    ktt("init", "--dvc", "--remote", tmp_path / "remote")
+    ktt(*import_args(synthetic_csv), "--dvc")
+    out = ktt("train", "tfidf_lsgd", "shop", "--set", "min_df=1", "--dvc").output
+    run = next((workspace / "runs" / "tfidf_lsgd" / "shop").iterdir())
+    assert (run / "best.pt.dvc").is_file() and not (run / "last.pt").exists()
+    assert "pushed to remote 'ktt'" in out
+    ktt("train", "tfidf_hsgd", "shop", "--set", "min_df=1")
+    ktt("train", "ensemble", "shop", "--set", "members=tfidf_lsgd,tfidf_hsgd", "--dvc")
+    expected = ktt("predict", "ensemble", "shop", "household pan", "--json").output
+    (run / "best.pt").unlink()
+    ensemble_run = next((workspace / "runs" / "ensemble" / "shop").iterdir())
+    (ensemble_run / "best.pt").unlink()
+    shutil.rmtree(workspace / ".dvc" / "cache")
+    result = ktt("predict", "ensemble", "shop", "household pan", "--json")
+    assert f"fetched {ensemble_run / 'best.pt'} from DVC" in result.output
+    assert result.stdout == expected
+    assert "fetched" in ktt("test", "tfidf_lsgd", "shop").output
