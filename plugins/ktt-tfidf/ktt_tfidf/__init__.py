@@ -23,33 +23,19 @@ SEARCH_SPACE = {
     "sublinear_tf": {"type": "categorical", "choices": [True, False]},
 }
 
-FLAT_DEFAULTS: dict = {}
-HIERARCHICAL_DEFAULTS: dict = {}
+# What both models share: their keys, and so their checks and search space.
+SHARED = {"choices": CHOICES, "ranges": RANGES, "search_space": SEARCH_SPACE}
 
 
 @hookimpl
 def ktt_register_models(register):
     register(ModelSpec(
-        name="tfidf_lsgd",
-        display_name="TF-IDF + linear classifier over paths",
-        model=FlatTfidfModel,
-        defaults=FLAT_DEFAULTS,
-        choices=CHOICES,
-        ranges=RANGES,
-        search_space=SEARCH_SPACE,
-        service="ktt_tfidf.bentoml.service:TfidfLsgdService",
-        description="Word and character n-gram TF-IDF, one logistic-regression (or SGD) classifier over "
-                    "the full label paths.",
-    ))
+        name="tfidf_lsgd", display_name="TF-IDF + linear classifier over paths", model=FlatTfidfModel,
+        service="ktt_tfidf.bentoml.service:TfidfLsgdService", **SHARED,
+        description="Word and character n-gram TF-IDF, one SGD (log loss) or logistic-regression "
+                    "classifier over the full label paths."))
     register(ModelSpec(
-        name="tfidf_hsgd",
-        display_name="TF-IDF + a classifier per parent node",
-        model=HierarchicalTfidfModel,
-        defaults=HIERARCHICAL_DEFAULTS,
-        choices=CHOICES,
-        ranges=RANGES,
-        search_space=SEARCH_SPACE,
-        service="ktt_tfidf.bentoml.service:TfidfHsgdService",
+        name="tfidf_hsgd", display_name="TF-IDF + a classifier per parent node", model=HierarchicalTfidfModel,
+        service="ktt_tfidf.bentoml.service:TfidfHsgdService", **SHARED,
         description="Word and character n-gram TF-IDF, a local classifier per parent node (hiclass-style); "
-                    "path score = sum of the log-probabilities along it.",
-    ))
+                    "path score = sum of the log-probabilities along it."))
