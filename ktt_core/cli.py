@@ -86,7 +86,7 @@ def list_models(as_json):
     """List the models that installed plugins provide."""
     plugins = _plugins()
     rows = [{"name": s.name, "display_name": s.display_name, "plugin": s.plugin,
-             "version": s.plugin_version, "capabilities": list(s.capabilities) + (["serve"] if s.service else []),
+             "version": s.plugin_version, "capabilities": list(s.supports) + (["serve"] if s.service else []),
              "service": s.service, "description": s.description} for s in sorted(plugins.models.values(), key=lambda s: s.name)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -46,6 +46,15 @@ class ModelSpec:
                             "or head= (a ClassifierHead, for an encoder model)")
 
     @property
+    def supports(self) -> tuple[str, ...]:
+        """``capabilities``, less ONNX export for a model class that has no ``export``."""
+        from ktt_core.contract import Model
+
+        if self.model is not None and self.model.export is Model.export:
+            return tuple(c for c in self.capabilities if c != "export_onnx")
+        return self.capabilities
+
+    @property
     def model_class(self) -> type:
         """The class implementing the model contract (imports torch for encoder models)."""
         if self.model is not None:
