@@ -47,7 +47,11 @@ def log_normalise(path_log_scores: np.ndarray) -> np.ndarray:
 
 def combine_scores(member_scores: Sequence[np.ndarray], weights: Sequence[float], combine: str) -> np.ndarray:
     """The ensemble's (N, n_leaves) path log-scores from its members' (see the module docstring)."""
-    logs = [log_normalise(s) for s in member_scores]
+    return combine_log_probs([log_normalise(s) for s in member_scores], weights, combine)
+
+
+def combine_log_probs(logs: Sequence[np.ndarray], weights: Sequence[float], combine: str) -> np.ndarray:
+    """:func:`combine_scores` for members' scores already normalised to log-probabilities."""
     if combine == "log":
         return sum(w * lp for w, lp in zip(weights, logs))
     if combine == "probability":
@@ -68,9 +72,10 @@ def fit_weights(member_logs: Sequence[np.ndarray], true_leaves: np.ndarray, comb
     """(weights, combine rule, validation exact-path accuracy) of the best combination."""
     best: tuple | None = None
     rows = np.arange(len(true_leaves))
+    member_logs = [log_normalise(m) for m in member_logs]
     for combine in combines:
         for weights in weight_grid(len(member_logs)):
-            scores = log_normalise(combine_scores(member_logs, weights, combine))
+            scores = log_normalise(combine_log_probs(member_logs, weights, combine))
             accuracy = float((scores.argmax(axis=1) == true_leaves).mean())
             nll = float(-scores[rows, true_leaves].mean())
             key = (accuracy, -nll)
