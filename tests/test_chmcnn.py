@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -192,7 +191,6 @@ def test_mcm_parent_scores_at_least_its_children(paths, seed):
 def test_scales_to_5000_leaves_without_dense_matrices():
     h = Hierarchy.from_paths([(f"t{i}", f"m{j}", f"l{k}") for i in range(10) for j in range(20) for k in range(25)])
     assert h.level_sizes == [10, 200, 5000]
-    started = time.perf_counter()
     head = ACHMCNNHead(h, {**DEFAULTS, "h_hidden_dim": 64, "h_layer_count": 2}, 32)
     # Memory linear in the classes: nothing of size classes x classes (or leaves x classes).
     sizes = [t.numel() for t in [*head.buffers(), *head.parameters()]]
@@ -204,7 +202,6 @@ def test_scales_to_5000_leaves_without_dense_matrices():
     assert math.isfinite(loss.item())
     assert head.path_log_scores(outputs.detach()).shape == (16, 5000)
     assert [s.shape for s in head.level_log_scores(outputs.detach())] == [(16, 10), (16, 200), (16, 5000)]
-    assert time.perf_counter() - started < 20
 
 
 # -- configuration, registration, search space ----------------------------------------------

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -168,7 +167,6 @@ def test_awx_parent_scores_at_least_its_children(paths, norm, seed):
 def test_awx_scales_to_5000_leaves_without_dense_matrices():
     h = Hierarchy.from_paths([(f"t{i}", f"m{j}", f"l{k}") for i in range(10) for j in range(20) for k in range(25)])
     assert h.level_sizes == [10, 200, 5000]
-    started = time.perf_counter()
     for norm in (0, 5):
         head = BHCNAWXHead(h, {**AWX_DEFAULTS, "awx_norm": norm}, 32)
         # Memory linear in the classes: nothing of size leaves x classes is kept.
@@ -180,7 +178,6 @@ def test_awx_scales_to_5000_leaves_without_dense_matrices():
         loss.backward()
         assert math.isfinite(loss.item())
         assert head.path_log_scores(outputs.detach()).shape == (16, 5000)
-    assert time.perf_counter() - started < 20
 
 
 # -- registration, search space, plugin selection -----------------------------------------

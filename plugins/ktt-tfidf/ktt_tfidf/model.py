@@ -202,11 +202,16 @@ class TfidfModel(Model):
         return np.arange(self.hierarchy.n_leaves)[:, None]
 
     def projection(self) -> sp.csr_matrix:
-        """(F, width) signed-hash projection of the drift features (see the module docstring)."""
+        """(F, width) signed-hash projection of the drift features (see the module docstring),
+        built once per vocabulary (the service asks for features on every batch)."""
+        cached = getattr(self, "_projection", None)
+        if cached is not None and cached.shape[0] == self.n_features:
+            return cached
         width = int(self.config["reference_features"])
         j = np.arange(self.n_features)
         signs = np.where((j // width) % 2 == 0, 1.0, -1.0).astype(np.float32)
-        return sp.csr_matrix((signs, (j, j % width)), shape=(self.n_features, width))
+        self._projection = sp.csr_matrix((signs, (j, j % width)), shape=(self.n_features, width))
+        return self._projection
 
     def drift_features(self, X: sp.csr_matrix) -> np.ndarray:
         return np.asarray((X @ self.projection()).todense(), dtype=np.float32)
