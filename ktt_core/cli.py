@@ -11,13 +11,35 @@ from ktt_core.errors import KttError
 
 
 class KttGroup(click.Group):
-    """Turns :class:`KttError` into a one-line message and exit status 1, without a traceback."""
+    """Turns :class:`KttError`, Ctrl-C and environment failures into one line, without a traceback.
+
+    Every message goes through :func:`~ktt_core.secrets.mask_secrets`, so a password in a
+    URL never reaches the terminal whatever raised it. ``KTT_DEBUG=1`` shows tracebacks.
+    """
 
     def invoke(self, ctx):
+        from ktt_core.errors import environment_error
+
         try:
             return super().invoke(ctx)
         except KttError as exc:
-            raise click.ClickException(" ".join(str(exc).split())) from None
+            raise click.ClickException(_one_line(str(exc))) from None
+        except KeyboardInterrupt:
+            if os.environ.get("KTT_DEBUG"):
+                raise
+            click.echo("Error: interrupted (Ctrl-C); nothing of the unfinished step was kept", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            message = environment_error(exc)
+            if message is None or os.environ.get("KTT_DEBUG"):
+                raise
+            raise click.ClickException(_one_line(message)) from None
+
+
+def _one_line(message: str) -> str:
+    from ktt_core.secrets import mask_secrets
+
+    return mask_secrets(" ".join(message.split()))
 
 
 def _workspace(ctx):
