@@ -276,7 +276,6 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
           freeze_encoder, compile_, use_dvc, resume, checkpoint_every):
     """Train MODELS (comma list) on DATASETS (comma list)."""
     from ktt_core import jobs
-    from ktt_core.distributed import shutdown
 
     layers = _config_layers(config_file, sets, {"epochs": epochs, "seed": seed, "freeze_encoder": freeze_encoder,
                                                 "compile": compile_})
@@ -295,7 +294,8 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
                        reference=reference, echo=click.echo, dvc=use_dvc, resume=resume,
                        checkpoint_every=checkpoint_every)
     finally:
-        shutdown()
+        if "ktt_core.distributed" in sys.modules:  # only a run that trained joined a process group
+            sys.modules["ktt_core.distributed"].shutdown()
 
 
 def _config_layers(config_file, sets, options: dict) -> list:

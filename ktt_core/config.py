@@ -62,7 +62,7 @@ RANGES = {"seed": (0, 2**32 - 1)}
 
 def defaults_for(spec: ModelSpec) -> dict[str, Any]:
     """Every key of ``spec``'s config with its default: common keys, the model class's, the spec's."""
-    base = ENCODER_DEFAULTS if spec.model is None else spec.model.base_defaults()
+    base = ENCODER_DEFAULTS if spec.model is None else spec.model_class.base_defaults()
     return {**COMMON_DEFAULTS, **base, **spec.defaults}
 
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 import json
 import time
 
-import torch
 from pathlib import Path
 from typing import Callable
 
 from ktt_core import versioning
-from ktt_core.checkpoint import load_checkpoint
 from ktt_core.config import resolve_config
 from ktt_core.contract import LabelledTexts
 from ktt_core.data.datasets import Dataset
 from ktt_core.decoding import MODES, decode_levels, describe_all
-from ktt_core.devices import resolve_device, seed_everything
 from ktt_core.errors import KttError
-from ktt_core.distributed import cluster_from_env
 from ktt_core.files import atomic_path, atomic_write_json
 from ktt_core.metrics import compute_metrics
 from ktt_core.plots import plot_training
@@ -55,7 +51,13 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         config = resolve_config(spec, layers)
     checkpoint_every = checkpoint_every or 0
     dataset = Dataset(ws.dataset_dir(dataset_name))
-    device = resolve_device(device)
+    # torch is imported only now, after every check of the input: errors come at once.
+    import torch
+
+    from ktt_core.devices import seed_everything
+    from ktt_core.distributed import cluster_from_env
+
+    device = _device(device)
     cluster = cluster_from_env(device)
     if device.type == "cuda" and cluster.active:
         device = torch.device("cuda", cluster.local_rank)
@@ -150,6 +152,8 @@ def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> di
     if holds != (model, dataset):
         raise KttError(f"--resume {run_dir}: that folder holds a run of {holds[0]} on {holds[1]}, "
                        f"not {model} on {dataset}")
+    from ktt_core.checkpoint import load_checkpoint
+
     checkpoint = load_checkpoint(last)
     if checkpoint["model"] != model:
         raise KttError(f"{last}: checkpoint holds a {checkpoint['model']} model, not {model}")
@@ -199,6 +203,8 @@ def resolve_checkpoint(ws: Workspace, model: str, dataset: str, run_dir: str | N
 def load_model(plugins, model_name: str, path: Path):
     """Rebuild a model from its checkpoint, refusing one that holds another model."""
     spec = plugins.model(model_name)
+    from ktt_core.checkpoint import load_checkpoint
+
     checkpoint = load_checkpoint(path)
     if checkpoint["model"] != model_name:
         raise KttError(f"{path}: checkpoint holds a {checkpoint['model']} model, not {model_name}")
@@ -220,7 +226,7 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
                        f"was not trained on, e.g. {' > '.join(unknown[0])!r}")
     data = LabelledTexts.from_paths(df["text"], df["path"], model.hierarchy)
     spec = plugins.model(model_name)
-    predictions = score_and_decode(plugins, spec, model.to(resolve_device(device)), data)
+    predictions = score_and_decode(plugins, spec, model.to(_device(device)), data)
     h = model.hierarchy
     level_ids = decode_levels(h, predictions, decoding, threshold)
     metrics = {"model": model_name, "dataset": dataset_name, "split": split_name, "checkpoint": str(path),
@@ -245,7 +251,7 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
         if not text.strip():
             raise KttError(f"text {i} is empty")
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path).to(resolve_device(device))
+    model = load_model(plugins, model_name, path).to(_device(device))
     predictions = score_and_decode(plugins, plugins.model(model_name), model, texts)
     return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
@@ -261,7 +267,7 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     source = TextSource(input_path, text_column, chunk_size)
     check_output(output_path, source)
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path).to(resolve_device(device))
+    model = load_model(plugins, model_name, path).to(_device(device))
     spec = plugins.model(model_name)
 
     def predict_chunk(texts: list[str]) -> list[dict]:
@@ -269,3 +275,10 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
         return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
     return write_predictions(source, output_path, predict_chunk, model.hierarchy.depth, top_k)
+
+
+def _device(name: str):
+    """The torch device for ``--device NAME`` (imports torch: only once a model is used)."""
+    from ktt_core.devices import resolve_device
+
+    return resolve_device(name)

@@ -99,7 +99,7 @@ class EncoderModel(nn.Module, Model):
         from ktt_core.encoders import load_pretrained
 
         encoder, tokenizer = load_pretrained(config["encoder"], config["allow_download"])
-        head = spec.head(hierarchy, config, encoder.config.hidden_size)
+        head = spec.head_class(hierarchy, config, encoder.config.hidden_size)
         return cls(spec.name, hierarchy, config, encoder, tokenizer, head)
 
     @classmethod
@@ -115,7 +115,7 @@ class EncoderModel(nn.Module, Model):
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise KttError(f"{path}: the encoder config or tokenizer it holds is invalid ({exc!r:.120})") from None
         tokenizer = tokenizer_from_files(tokenizer_files)
-        head = spec.head(hierarchy, config, encoder.config.hidden_size)
+        head = spec.head_class(hierarchy, config, encoder.config.hidden_size)
         model = cls(spec.name, hierarchy, config, encoder, tokenizer, head)
         model.load_weights(checkpoint)
         model._tokenizer_files = tokenizer_files

@@ -1,6 +1,7 @@
 """What a model is, as a plugin declares it: a :class:`ModelSpec`."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -22,12 +23,16 @@ class ModelSpec:
     (``model.base_defaults()``) and may add keys. ``choices`` (key -> allowed values) and
     ``ranges`` (key -> inclusive ``(low, high)``, ``None`` for an open end) are checked on
     every config, whatever its source. ``search_space`` is what ``ktt tune`` searches.
+
+    ``head`` and ``model`` may be given as ``"module:Class"`` strings: the class is imported
+    only when a model is built or loaded, so ``ktt list-models``, ``ktt --help`` and input
+    checks never wait for torch or scikit-learn.
     """
 
     name: str
     display_name: str
-    head: type | None = None
-    model: type | None = None
+    head: type | str | None = None
+    model: type | str | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple] = field(default_factory=dict)
     ranges: Mapping[str, tuple] = field(default_factory=dict)
@@ -50,15 +55,35 @@ class ModelSpec:
         """``capabilities``, less ONNX export for a model class that has no ``export``."""
         from ktt_core.contract import Model
 
-        if self.model is not None and self.model.export is Model.export:
+        if self.model is not None and self.model_class.export is Model.export:
             return tuple(c for c in self.capabilities if c != "export_onnx")
         return self.capabilities
+
+    @property
+    def head_class(self) -> type | None:
+        """The head class (imported now if ``head`` was given as ``"module:Class"``)."""
+        return _resolve(self.head, f"model {self.name!r}: head")
 
     @property
     def model_class(self) -> type:
         """The class implementing the model contract (imports torch for encoder models)."""
         if self.model is not None:
-            return self.model
+            return _resolve(self.model, f"model {self.name!r}: model")
         from ktt_core.model import EncoderModel
 
         return EncoderModel
+
+
+def _resolve(target: type | str | None, what: str) -> type | None:
+    """A class, or the class a ``"module:Class"`` string names."""
+    if target is None or not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise TypeError(f"{what} {target!r}: expected 'module:Class'")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        from ktt_core.errors import KttError
+
+        raise KttError(f"{what} {target!r} cannot be imported: {exc}") from exc

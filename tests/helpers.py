@@ -3,6 +3,8 @@ import contextlib
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -66,7 +68,7 @@ def check_trained_model(ktt, model, run):
                for _ in range(2)]
     scores = [score(plugins, spec, m, ["household pan", "edible juice"]).path_log_scores for m in rebuilt]
     assert scores[0].shape == (2, 8) and np.array_equal(scores[0], scores[1])
-    if spec.head is not None:
+    if spec.head_class is not None:
         check_encoder_round_trip(plugins, spec, rebuilt)
 
 
@@ -74,7 +76,7 @@ def check_encoder_round_trip(plugins, spec, rebuilt):
     """Two encoder models rebuilt from one checkpoint give identical raw head outputs."""
     import torch
 
-    assert type(rebuilt[0].head) is spec.head
+    assert type(rebuilt[0].head) is spec.head_class
     batch = rebuilt[0].tokenizer(["household pan", "edible juice"], return_tensors="pt", padding=True)
     with torch.inference_mode():
         outs = [m.eval()(batch["input_ids"], batch["attention_mask"]) for m in rebuilt]
@@ -96,3 +98,31 @@ def environment(**values: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# A fresh interpreter where some top-level packages cannot be imported; any attempt is also
+# reported on stderr at exit, in case the code under test swallowed the ImportError.
+_BLOCKER = r"""
+import atexit, importlib.abc, json, sys
+BLOCKED, attempts = set(json.loads(sys.argv.pop(1))), []
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+sys.meta_path.insert(0, Block())
+atexit.register(lambda: attempts and print("BLOCKED IMPORT ATTEMPTED: " + ", ".join(attempts), file=sys.stderr))
+"""
+
+
+def run_python_blocking(blocked, code: str, *args, env=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run Python ``code`` (with ``sys.argv[1:] == args``) where the packages ``blocked`` fail to import."""
+    return subprocess.run([sys.executable, "-c", _BLOCKER + code, json.dumps(sorted(blocked)), *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout, check=False)
+
+
+def run_ktt_blocking(blocked, *args, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``ktt ARGS`` where the packages ``blocked`` (e.g. torch) fail to import."""
+    code = 'sys.argv = ["ktt", *sys.argv[1:]]\nfrom ktt_core import cli\ncli.main()\n'
+    return run_python_blocking(blocked, code, *args, **kwargs)

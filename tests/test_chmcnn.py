@@ -211,7 +211,7 @@ def test_registration_config_and_search_space():
     plugins = Plugins()
     spec = plugins.model(MODEL)
     assert spec.display_name == "DistilBERT+Adapted C-HMCNN" and spec.plugin == "ktt-chmcnn"
-    assert spec.head is ACHMCNNHead
+    assert spec.head_class is ACHMCNNHead
     assert {k: spec.defaults[k] for k in ("encoder_lr", "classifier_lr", "h_dropout", "h_nonlinear",
                                           "h_hidden_dim", "h_layer_count")} == \
         {"encoder_lr": 2e-5, "classifier_lr": 2e-3, "h_dropout": 0.1, "h_nonlinear": "relu",

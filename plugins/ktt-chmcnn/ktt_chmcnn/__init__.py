@@ -2,8 +2,6 @@
 from ktt_core import hookimpl
 from ktt_core.registry import ModelSpec
 
-from ktt_chmcnn.model import ACHMCNNHead
-
 # The original KTT's DB-AC-HMCNN used classifier_lr 5e-4, h_dropout 0.7 and 3 layers
 # (examples/original-db-achmcnn.yaml). With them the fine levels of a deep hierarchy barely
 # learn in 10 epochs (docs/models/db_achmcnn.md: 0.10 exact-path accuracy on a 4-level,
@@ -33,7 +31,7 @@ def ktt_register_models(register):
         name="db_achmcnn",
         service="ktt_chmcnn.bentoml.service:DbAchmcnnService",
         display_name="DistilBERT+Adapted C-HMCNN",
-        head=ACHMCNNHead,
+        head="ktt_chmcnn.model:ACHMCNNHead",
         defaults=DEFAULTS,
         choices={"h_nonlinear": ("relu", "tanh")},
         search_space=SEARCH_SPACE,

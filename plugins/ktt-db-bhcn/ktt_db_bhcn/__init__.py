@@ -2,8 +2,6 @@
 from ktt_core import hookimpl
 from ktt_core.registry import ModelSpec
 
-from ktt_db_bhcn.model import BHCNAWXHead, BHCNHead
-
 # Defaults of the original KTT's DB-BHCN.
 BHCN_DEFAULTS = {
     "encoder_lr": 3e-5,
@@ -52,7 +50,7 @@ def ktt_register_models(register):
         name="db_bhcn",
         service="ktt_db_bhcn.bentoml.service:DbBhcnService",
         display_name="DistilBERT+BHCN",
-        head=BHCNHead,
+        head="ktt_db_bhcn.model:BHCNHead",
         defaults=BHCN_DEFAULTS,
         choices=CHOICES,
         search_space=SEARCH_SPACES["db_bhcn"],
@@ -63,7 +61,7 @@ def ktt_register_models(register):
         name="db_bhcn_awx",
         service="ktt_db_bhcn.bentoml.service:DbBhcnAwxService",
         display_name="DistilBERT+BHCN+AWX",
-        head=BHCNAWXHead,
+        head="ktt_db_bhcn.model:BHCNAWXHead",
         defaults=AWX_DEFAULTS,
         choices=CHOICES,
         search_space=SEARCH_SPACES["db_bhcn_awx"],

@@ -2,8 +2,6 @@
 from ktt_core import hookimpl
 from ktt_core.registry import ModelSpec
 
-from ktt_db_linear.model import LinearLeafHead
-
 # Defaults of the original KTT's DB-Linear.
 DEFAULTS = {
     "encoder_lr": 1e-5,
@@ -33,7 +31,7 @@ def ktt_register_models(register):
         name="db_linear",
         service="ktt_db_linear.bentoml.service:DbLinearService",
         display_name="DistilBERT+Linear",
-        head=LinearLeafHead,
+        head="ktt_db_linear.model:LinearLeafHead",
         defaults=DEFAULTS,
         search_space=SEARCH_SPACE,
         description="Encoder, dropout, one linear layer over the leaf classes; "

@@ -6,8 +6,6 @@ classifier per parent node (see :mod:`ktt_tfidf.model`). Neither needs an encode
 from ktt_core import hookimpl
 from ktt_core.registry import ModelSpec
 
-from ktt_tfidf.model import FlatTfidfModel, HierarchicalTfidfModel
-
 CHOICES = {"classifier": ("sgd", "logreg")}
 RANGES = {"word_ngram_max": (0, 5), "char_ngram_min": (1, 10), "char_ngram_max": (0, 10), "min_df": (1, None),
           "max_features": (0, None), "C": (1e-6, None), "alpha": (1e-12, None), "max_iter": (1, None),
@@ -30,12 +28,12 @@ SHARED = {"choices": CHOICES, "ranges": RANGES, "search_space": SEARCH_SPACE}
 @hookimpl
 def ktt_register_models(register):
     register(ModelSpec(
-        name="tfidf_lsgd", display_name="TF-IDF + linear classifier over paths", model=FlatTfidfModel,
+        name="tfidf_lsgd", display_name="TF-IDF + linear classifier over paths", model="ktt_tfidf.model:FlatTfidfModel",
         service="ktt_tfidf.bentoml.service:TfidfLsgdService", **SHARED,
         description="Word and character n-gram TF-IDF, one SGD (log loss) or logistic-regression "
                     "classifier over the full label paths."))
     register(ModelSpec(
-        name="tfidf_hsgd", display_name="TF-IDF + a classifier per parent node", model=HierarchicalTfidfModel,
+        name="tfidf_hsgd", display_name="TF-IDF + a classifier per parent node", model="ktt_tfidf.model:HierarchicalTfidfModel",
         service="ktt_tfidf.bentoml.service:TfidfHsgdService", **SHARED,
         description="Word and character n-gram TF-IDF, a local classifier per parent node (hiclass-style); "
                     "path score = sum of the log-probabilities along it."))
