@@ -106,8 +106,12 @@ def init(ctx, use_dvc, remote):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 def list_models(as_json):
     """List the models that installed plugins provide."""
+    from ktt_core.config import defaults_for
+
     plugins = _plugins()
-    rows = [{"name": s.name, "display_name": s.display_name, "plugin": s.plugin,
+    # A head model says which encoder it runs on by default (--set encoder=... changes it).
+    shown = lambda s: s.display_name + (f" on {defaults_for(s)['encoder']}" if s.model is None else "")  # noqa: E731
+    rows = [{"name": s.name, "display_name": shown(s), "plugin": s.plugin,
              "version": s.plugin_version, "capabilities": list(s.supports) + (["serve"] if s.service else []),
              "service": s.service, "description": s.description} for s in sorted(plugins.models.values(), key=lambda s: s.name)]
     if as_json:
@@ -124,6 +128,27 @@ def list_models(as_json):
     table = Table("name", "display name", "plugin", "version", "capabilities")
     for r in rows:
         table.add_row(r["name"], r["display_name"], r["plugin"], r["version"], ", ".join(r["capabilities"]))
+    Console().print(table)
+
+
+@cli.command("config")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def show_config(model, as_json):
+    """List MODEL's hyperparameters: default, allowed values, meaning (set with --set KEY=VALUE)."""
+    from ktt_core.config import describe_keys
+
+    rows = describe_keys(_plugins().model(model))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key", "default", "allowed", "meaning", title=f"{model}: ktt train {model} DATASET --set KEY=VALUE "
+                  "(or --config FILE.yaml); * = searched by ktt tune")
+    for r in rows:
+        table.add_row(r["key"] + (" *" if r["tuned"] else ""), json.dumps(r["default"]), r["allowed"], r["description"])
     Console().print(table)
 
 
@@ -255,8 +280,9 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="JSON or YAML file of hyperparameters.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one hyperparameter.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
-@click.option("--seed", type=int, default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Passes over the training split (default: the model's; see ktt config MODEL).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0): same seed, same model.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--dry-run", is_flag=True, help="Check data, config and model, print the plan, train nothing.")
 @click.option("--reference", is_flag=True, help="Also write the drift reference set (reference.parquet).")
@@ -274,7 +300,11 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @click.pass_context
 def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference,
           freeze_encoder, compile_, use_dvc, resume, checkpoint_every):
-    """Train MODELS (comma list) on DATASETS (comma list)."""
+    """Train MODELS (comma list) on DATASETS (comma list).
+
+    Hyperparameters come from the model's defaults, then --config FILE, then --set KEY=VALUE,
+    then the options below. `ktt config MODEL` lists every key with its default and allowed values.
+    """
     from ktt_core import jobs
 
     layers = _config_layers(config_file, sets, {"epochs": epochs, "seed": seed, "freeze_encoder": freeze_encoder,

@@ -166,3 +166,58 @@ def coerce(key: str, value: Any, default: Any, origin: str, spec: ModelSpec | No
     if key in RANGES and not RANGES[key][0] <= value <= RANGES[key][1]:
         fail(f"in [{RANGES[key][0]}, {RANGES[key][1]}]")
     return value
+
+
+#: What the core's keys mean (``ktt config MODEL`` shows them).
+DESCRIPTIONS = {
+    "seed": "random seed of initialisation, shuffling and dropout",
+    "monitor": "validation metric that picks best.pt",
+    "encoder": "Hugging Face name or local folder of the encoder",
+    "pooling": "how token states become one text vector",
+    "max_length": "tokens read per text (longer texts are cut)",
+    "train_batch_size": "texts per training step",
+    "eval_batch_size": "texts per batch when scoring",
+    "epochs": "passes over the training split",
+    "encoder_lr": "learning rate of the encoder",
+    "classifier_lr": "learning rate of the head",
+    "weight_decay": "AdamW weight decay",
+    "scheduler": "learning-rate schedule",
+    "warmup_ratio": "share of steps spent warming up (linear schedule)",
+    "grad_clip": "max gradient norm; 0 disables clipping",
+    "reference_features": "pooled feature width in drift reference sets",
+    "allow_download": "let the encoder be fetched from the Hugging Face Hub",
+    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
+    "compile": "torch.compile the model for training",
+    "freeze_encoder": "train the head only, on encoder features computed once",
+    "group_by_length": "batch texts of similar length together (less padding)",
+    "dropout": "dropout before the head",
+    "label_smoothing": "label smoothing of the loss",
+}
+
+
+def describe_keys(spec: ModelSpec) -> list[dict[str, Any]]:
+    """Every config key of ``spec``: its default, what values it takes, what it does."""
+    rows = []
+    for key, default in defaults_for(spec).items():
+        rows.append({"key": key, "default": default, "type": type(default).__name__,
+                     "allowed": _allowed(key, default, spec), "tuned": key in spec.search_space,
+                     "description": spec.key_help.get(key) or DESCRIPTIONS.get(key, "")})
+    return rows
+
+
+def _allowed(key: str, default: Any, spec: ModelSpec) -> str:
+    choices = spec.choices.get(key) or CHOICES.get(key)
+    if choices:
+        return " | ".join(map(str, choices))
+    low, high = spec.ranges.get(key) or RANGES.get(key) or (None, None)
+    if key in POSITIVE:
+        low = "> 0"
+    elif key in FRACTIONS:
+        return "[0, 1)"
+    elif key in NON_NEGATIVE:
+        low = 0
+    if low is None and high is None:
+        return {"bool": "true | false", "str": "text"}.get(type(default).__name__, "any")
+    if high is None:
+        return str(low) if str(low).startswith(">") else f">= {low}"
+    return f"[{'-inf' if low is None else low}, {high}]"

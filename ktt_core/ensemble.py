@@ -289,6 +289,9 @@ ENSEMBLE_SPEC = ModelSpec(
     display_name="Ensemble of trained runs",
     model=EnsembleModel,
     choices={"combine": ("auto", *COMBINES)},
+    key_help={"members": "trained runs to combine: model names (their latest run) or run folders, comma list",
+              "combine": "probability or log mean; auto picks the better on validation",
+              "weights": "comma list of member weights (default: fitted on validation)"},
     service="ktt_core.serving.ensemble_service:EnsembleService",
     description="Weighted mean of the path probabilities (or log-probabilities) of trained runs of any "
                 "models on one dataset; weights fitted on the validation split.",

@@ -38,6 +38,8 @@ class ModelSpec:
     ranges: Mapping[str, tuple] = field(default_factory=dict)
     search_space: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
+    # What the model's own keys mean (key -> one line), shown by ``ktt config MODEL``.
+    key_help: Mapping[str, str] = field(default_factory=dict)
     capabilities: tuple[str, ...] = CORE_CAPABILITIES
     # The plugin's BentoML service, "module:Class" (its bentoml/ folder); "" if it has none.
     service: str = ""

@@ -210,7 +210,7 @@ def test_scales_to_5000_leaves_without_dense_matrices():
 def test_registration_config_and_search_space():
     plugins = Plugins()
     spec = plugins.model(MODEL)
-    assert spec.display_name == "DistilBERT+Adapted C-HMCNN" and spec.plugin == "ktt-chmcnn"
+    assert spec.display_name == "Adapted C-HMCNN head" and spec.plugin == "ktt-chmcnn"
     assert spec.head_class is ACHMCNNHead
     assert {k: spec.defaults[k] for k in ("encoder_lr", "classifier_lr", "h_dropout", "h_nonlinear",
                                           "h_hidden_dim", "h_layer_count")} == \

@@ -27,6 +27,8 @@ def shop_workspace(tmp_path_factory, synthetic_csv):
     (["train", "--help"], "--epochs"),
     (["list-models"], "db_linear"),
     (["plugins"], "ktt-tfidf"),
+    (["config", "db_linear"], "encoder_lr"),
+    (["config", "tfidf_lsgd", "--json"], "char_ngram_max"),
 ])
 def test_listing_commands_do_not_import_torch(shop_workspace, args, needle):
     done = run_ktt_blocking(HEAVY, "--workspace", shop_workspace, *args)

@@ -1,6 +1,7 @@
 """Hyperparameter layering and validation."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -46,3 +47,27 @@ def test_config_file_keys_must_be_names(tmp_path):
     path.write_text("1: 2\n")
     with pytest.raises(KttError, match=re.escape("c.yaml: key 1: keys must be names")):
         read_config_file(path)
+
+
+def test_every_key_of_every_installed_model_is_described():
+    """``ktt config MODEL`` explains every key: a plugin adding an undocumented key fails here."""
+    from ktt_core.config import describe_keys
+    from ktt_core.plugins import Plugins
+
+    plugins = Plugins()
+    assert {"db_linear", "tfidf_lsgd", "ensemble"} <= set(plugins.models)
+    for spec in plugins.models.values():
+        rows = describe_keys(spec)
+        assert [r["key"] for r in rows][:2] == ["seed", "monitor"]
+        missing = [r["key"] for r in rows if not r["description"]]
+        assert not missing, f"{spec.name}: keys without a description (ModelSpec.key_help): {missing}"
+        assert all(r["allowed"] for r in rows)
+
+
+def test_ktt_config_shows_defaults_and_allowed_values(ktt):
+    rows = json.loads(ktt("config", "db_bhcn", "--json").output)
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["nonlinear"]["allowed"] == "relu | tanh"
+    assert by_key["dropout"]["allowed"] == "[0, 1)" and by_key["encoder_lr"]["allowed"] == "> 0"
+    assert by_key["lambda_H"]["tuned"] is True
+    assert "unknown model 'nope'" in ktt("config", "nope", expect=1).output

@@ -186,7 +186,7 @@ def test_awx_scales_to_5000_leaves_without_dense_matrices():
 def test_registration_and_search_space():
     plugins = Plugins()
     bhcn, awx = plugins.model("db_bhcn"), plugins.model("db_bhcn_awx")
-    assert (bhcn.display_name, awx.display_name) == ("DistilBERT+BHCN", "DistilBERT+BHCN+AWX")
+    assert (bhcn.display_name, awx.display_name) == ("BHCN head", "BHCN+AWX head")
     assert bhcn.plugin == awx.plugin == "ktt-db-bhcn"
     assert bhcn.defaults["gamma_L"] == -0.1 and awx.defaults["awx_norm"] == 5
     for spec in (bhcn, awx):

@@ -37,7 +37,7 @@ def test_db_linear_is_discovered_through_its_entry_point():
     plugins = Plugins()
     spec = plugins.model("db_linear")
     assert spec.plugin == "ktt-db-linear"
-    assert spec.display_name == "DistilBERT+Linear"
+    assert spec.display_name == "Linear head"
     assert spec.defaults["dropout"] == 0.25
 
 

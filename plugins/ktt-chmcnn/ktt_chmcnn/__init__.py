@@ -30,8 +30,11 @@ def ktt_register_models(register):
     register(ModelSpec(
         name="db_achmcnn",
         service="ktt_chmcnn.bentoml.service:DbAchmcnnService",
-        display_name="DistilBERT+Adapted C-HMCNN",
+        display_name="Adapted C-HMCNN head",
         head="ktt_chmcnn.model:ACHMCNNHead",
+        key_help={"h_dropout": "dropout after every hidden layer", "h_nonlinear": "activation of the hidden layers",
+                  "h_hidden_dim": "width of the hidden layers",
+                  "h_layer_count": "linear layers, the output layer included (1: one linear layer)"},
         defaults=DEFAULTS,
         choices={"h_nonlinear": ("relu", "tanh")},
         search_space=SEARCH_SPACE,

@@ -25,6 +25,13 @@ AWX_DEFAULTS = {
 }
 
 CHOICES = {"nonlinear": ("relu", "tanh")}
+KEY_HELP = {
+    "gamma_L": "level weights w_d = 1 - linspace(-gamma_L, gamma_L, depth)",
+    "lambda_L": "weight of the local (per-level) loss",
+    "lambda_H": "weight of the hierarchical loss",
+    "nonlinear": "activation between levels",
+    "awx_norm": "n of the n-norm over the leaves under a class; <= 0: max",
+}
 
 # Tuning ranges around the original's defaults.
 COMMON_SPACE = {
@@ -49,8 +56,8 @@ def ktt_register_models(register):
     register(ModelSpec(
         name="db_bhcn",
         service="ktt_db_bhcn.bentoml.service:DbBhcnService",
-        display_name="DistilBERT+BHCN",
-        head="ktt_db_bhcn.model:BHCNHead",
+        display_name="BHCN head",
+        head="ktt_db_bhcn.model:BHCNHead", key_help=KEY_HELP,
         defaults=BHCN_DEFAULTS,
         choices=CHOICES,
         search_space=SEARCH_SPACES["db_bhcn"],
@@ -60,8 +67,8 @@ def ktt_register_models(register):
     register(ModelSpec(
         name="db_bhcn_awx",
         service="ktt_db_bhcn.bentoml.service:DbBhcnAwxService",
-        display_name="DistilBERT+BHCN+AWX",
-        head="ktt_db_bhcn.model:BHCNAWXHead",
+        display_name="BHCN+AWX head",
+        head="ktt_db_bhcn.model:BHCNAWXHead", key_help=KEY_HELP,
         defaults=AWX_DEFAULTS,
         choices=CHOICES,
         search_space=SEARCH_SPACES["db_bhcn_awx"],

@@ -30,7 +30,7 @@ def ktt_register_models(register):
     register(ModelSpec(
         name="db_linear",
         service="ktt_db_linear.bentoml.service:DbLinearService",
-        display_name="DistilBERT+Linear",
+        display_name="Linear head",
         head="ktt_db_linear.model:LinearLeafHead",
         defaults=DEFAULTS,
         search_space=SEARCH_SPACE,

@@ -21,8 +21,22 @@ SEARCH_SPACE = {
     "sublinear_tf": {"type": "categorical", "choices": [True, False]},
 }
 
+KEY_HELP = {
+    "word_ngram_max": "word n-grams 1..N (0: none)",
+    "char_ngram_min": "shortest character n-gram (inside word boundaries)",
+    "char_ngram_max": "longest character n-gram (0: none)",
+    "min_df": "keep n-grams seen in at least this many training texts",
+    "max_features": "per vectorizer, keep the most frequent n-grams (0: all)",
+    "sublinear_tf": "term frequency as 1 + log(tf)",
+    "classifier": "sgd (log loss) or logreg (lbfgs)",
+    "alpha": "sgd: regularisation strength",
+    "C": "logreg: inverse regularisation strength",
+    "max_iter": "epochs (sgd) or solver iterations (logreg)",
+    "n_jobs": "cores for fitting; -1: all",
+}
+
 # What both models share: their keys, and so their checks and search space.
-SHARED = {"choices": CHOICES, "ranges": RANGES, "search_space": SEARCH_SPACE}
+SHARED = {"choices": CHOICES, "ranges": RANGES, "search_space": SEARCH_SPACE, "key_help": KEY_HELP}
 
 
 @hookimpl
