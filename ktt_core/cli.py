@@ -297,9 +297,12 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None, metavar="N",
               help="Also write last.pt every N training steps, so a crash loses less "
                    "(default 0: at epoch ends only).")
+@click.option("--keep-last", is_flag=True, default=None,
+              help="Keep last.pt (weights and optimizer state) when the run ends, to --resume it later with "
+                   "more --epochs; by default a finished run keeps only best.pt.")
 @click.pass_context
 def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference,
-          freeze_encoder, compile_, use_dvc, resume, checkpoint_every):
+          freeze_encoder, compile_, use_dvc, resume, checkpoint_every, keep_last):
     """Train MODELS (comma list) on DATASETS (comma list).
 
     Hyperparameters come from the model's defaults, then --config FILE, then --set KEY=VALUE,
@@ -322,7 +325,7 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
         for spec, dataset in plan:
             jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
                        reference=reference, echo=click.echo, dvc=use_dvc, resume=resume,
-                       checkpoint_every=checkpoint_every)
+                       checkpoint_every=checkpoint_every, keep_last=keep_last)
     finally:
         if "ktt_core.distributed" in sys.modules:  # only a run that trained joined a process group
             sys.modules["ktt_core.distributed"].shutdown()

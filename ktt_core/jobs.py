@@ -30,7 +30,7 @@ from ktt_core.workspace import Workspace
 def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
           dry_run: bool = False, reference: bool = False, echo: Callable = print,
           dvc: bool = False, resume: str | Path | None = None,
-          checkpoint_every: int | None = None) -> Path | None:
+          checkpoint_every: int | None = None, keep_last: bool | None = None) -> Path | None:
     """Train ``spec`` on a dataset; returns the run folder (None for a dry run).
 
     Under torchrun every process runs this; rank 0 alone prints and writes files.
@@ -38,6 +38,7 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
     With ``resume`` (a run folder), the run continues from its ``last.pt`` with the config of
     its ``config.json``; ``layers`` may only raise ``epochs`` (see docs/reliability.md).
     ``checkpoint_every`` N also writes ``last.pt`` every N steps (None: the run's setting, or 0).
+    A finished run keeps ``last.pt`` only with ``keep_last`` (None: the run's setting, or False).
     """
     if dvc:
         versioning.require_repo(ws.root)  # before any work
@@ -47,6 +48,8 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         config = resume_config(spec, saved, layers)
         if checkpoint_every is None:
             checkpoint_every = saved["settings"].get("checkpoint_every", 0)
+        if keep_last is None:
+            keep_last = saved["settings"].get("keep_last", False)
     else:
         config = resolve_config(spec, layers)
     checkpoint_every = checkpoint_every or 0
@@ -100,7 +103,8 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         atomic_write_json(run_dir / "config.json", {"model": spec.name, "dataset": dataset_name,
                                                     "plugin": spec.plugin, "plugin_version": spec.plugin_version,
                                                     "processes": cluster.world,
-                                                    "checkpoint_every": checkpoint_every, "config": config})
+                                                    "checkpoint_every": checkpoint_every,
+                                                    "keep_last": bool(keep_last), "config": config})
     started = time.perf_counter()
     run = RunContext(run_dir, device, config.get("epochs", 1), config["seed"], say, cluster, cache_dir,
                      checkpoint_every=checkpoint_every,
@@ -111,8 +115,12 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         return run_dir
     minutes = (time.perf_counter() - started) / 60
     best_epoch = max((r["epoch"] for r in history if r["best"]), default="-")
-    say(f"trained in {minutes:.1f} min; best epoch {best_epoch}; run folder {run_dir}")
-    if plot_training(run_dir / "metrics.jsonl", run_dir / "training.png"):
+    # After --resume the history holds the earlier epochs too, each with its own time.
+    total = max(minutes, sum(r.get("seconds", 0.0) for r in history) / 60)
+    session = f" ({minutes:.1f} min of it in this session)" if saved is not None else ""
+    say(f"trained in {total:.1f} min{session}; best epoch {best_epoch}; run folder {run_dir}")
+    title = f"{spec.name} on {dataset_name}: run {run_dir.name}"
+    if plot_training(run_dir / "metrics.jsonl", run_dir / "training.png", title):
         say(f"training curves: {run_dir / 'training.png'}")
     if reference:
         best_model = load_model(plugins, spec.name, run_dir / "best.pt").to(device)
@@ -120,10 +128,19 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         with atomic_path(run_dir / "reference.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         say(f"reference set ({len(frame)} rows) written to {run_dir / 'reference.parquet'}")
+    if not keep_last and history and history[-1]["epoch"] >= run.epochs:
+        # last.pt (weights + optimizer state) only serves --resume of an unfinished run.
+        (run_dir / "last.pt").unlink(missing_ok=True)
     if dvc:
         say(versioning.track(ws.root, [run_dir / name for name in ("best.pt", "last.pt")
                                        if (run_dir / name).is_file()]))
+    say(f"run folder size: {_size_mb(run_dir):.1f} MB"
+        + ("" if keep_last or not history else " (last.pt removed; --keep-last keeps it for --resume --epochs N)"))
     return run_dir
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
 def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> dict:
@@ -139,8 +156,8 @@ def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> di
     if not last.is_file() and versioning.is_tracked(last):
         versioning.ensure_local(last, ws.root, what="checkpoint")
     if not last.is_file():
-        finished = " (the run finished: models trained in one go keep only best.pt)" if (
-            directory / "best.pt").is_file() else ""
+        finished = (" (the run finished and keeps only best.pt; train with --keep-last to resume a finished "
+                    "run with more --epochs)") if (directory / "best.pt").is_file() else ""
         raise KttError(f"--resume {run_dir}: no last.pt in that folder, nothing to resume from{finished}")
     try:
         settings = json.loads((directory / "config.json").read_text(encoding="utf-8"))

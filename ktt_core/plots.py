@@ -7,8 +7,9 @@ from pathlib import Path
 from ktt_core.files import atomic_path
 
 
-def plot_training(metrics_jsonl: Path, target: Path) -> Path | None:
-    """Loss and validation scores per epoch, from a run's metrics.jsonl, as a PNG."""
+def plot_training(metrics_jsonl: Path, target: Path, title: str = "") -> Path | None:
+    """Loss and validation scores per epoch, from a run's metrics.jsonl, as a PNG titled
+    ``title`` (model, dataset, run), with the epoch kept as best.pt marked."""
     if not metrics_jsonl.is_file():
         return None
     records = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
@@ -24,15 +25,20 @@ def plot_training(metrics_jsonl: Path, target: Path) -> Path | None:
     left.plot(epochs, [r["train_loss"] for r in records], marker="o", label="train")
     left.plot(epochs, [r["val_loss"] for r in records], marker="o", label="validation")
     left.set(title="loss", xlabel="epoch")
-    left.legend()
     for key in ("exact_path_accuracy", "hierarchical_f1", "level_1_accuracy"):
         if f"val_{key}" in records[0]:
             right.plot(epochs, [r[f"val_{key}"] for r in records], marker="o", label=key)
     right.set(title="validation", xlabel="epoch", ylim=(0, 1))
-    right.legend()
+    best = [r["epoch"] for r in records if r.get("best")]
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.set_xticks(epochs)
+        if best:  # the last improvement is the epoch best.pt holds
+            ax.axvline(best[-1], color="tab:green", linestyle="--", alpha=0.7, label=f"best.pt (epoch {best[-1]})")
+    left.legend()
+    right.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

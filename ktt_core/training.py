@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,8 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
         join = steps.trained.join() if cluster.active else contextlib.nullcontext()
         bar = tqdm(steps, total=n_batches, initial=step, desc=f"epoch {epoch}/{run.epochs}", leave=False,
                    disable=None if cluster.is_main else True)
+        progress = ProgressLines(run.log if cluster.is_main and bar.disable else None,
+                                 f"epoch {epoch}/{run.epochs}", n_batches, step)
         with join:
             for rows, targets, inputs in bar:
                 if pending_rng is not None:
@@ -255,6 +258,7 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
                 loss_sum += loss.detach().float() * len(rows)
                 seen.append(rows)
                 step += 1
+                progress.step(step, loss_sum, sum(len(r) for r in seen))
                 # Not after the last batch: the epoch-end checkpoint follows at once.
                 if writes and mid_epoch and step % mid_epoch == 0 and step < n_batches:
                     save_checkpoint(run.directory / "last.pt", model, optimizer.state_dict(),
@@ -287,12 +291,33 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
             # (deterministically), which rewrites best.pt and drops the metrics line again.
             done = state(epoch, n_batches, True, record["seconds"])
             if improved:
-                save_checkpoint(run.directory / "best.pt", model, optimizer.state_dict(), done)
+                save_checkpoint(run.directory / "best.pt", model, None, done)  # weights only: never resumed
             append_jsonl(run.directory / "metrics.jsonl", record)
             save_checkpoint(run.directory / "last.pt", model, optimizer.state_dict(), done,
                             {"scheduler": scheduler.state_dict(), "rng": rngs, "loss_sum": None})
         cluster.barrier()
     return history
+
+
+class ProgressLines:
+    """Without a terminal (a log file, CI) tqdm draws nothing: print a line every
+    ``KTT_PROGRESS_SECONDS`` (default 60) instead, so a long epoch shows it is alive."""
+
+    def __init__(self, log, what: str, total: int, start: int):
+        self.log, self.what, self.total = log, what, total
+        self.every = float(os.environ.get("KTT_PROGRESS_SECONDS", "60") or 60)
+        self.started = self.last = time.perf_counter()
+        self.first = start
+
+    def step(self, step: int, loss_sum, rows: int) -> None:
+        now = time.perf_counter()
+        if self.log is None or now - self.last < self.every or step >= self.total:
+            return
+        self.last = now
+        rate = (step - self.first) / max(now - self.started, 1e-9)
+        left = (self.total - step) / rate if rate > 0 else float("nan")
+        self.log(f"{self.what}: step {step}/{self.total} ({100 * step / self.total:.0f}%), "
+                 f"train_loss {float(loss_sum) / max(rows, 1):.4f}, {rate:.2f} steps/s, ~{left / 60:.1f} min left")
 
 
 def data_fingerprint(train: EncodedSplit, val: EncodedSplit) -> str:

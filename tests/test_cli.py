@@ -41,8 +41,8 @@ def test_import_from_real_sqlite_database(ktt, tmp_path, workspace):
 
 
 def test_train_test_predict_end_to_end(ktt, trained, workspace):
-    assert {"best.pt", "last.pt", "metrics.jsonl", "config.json", "training.png"} <= \
-        {p.name for p in trained.iterdir()}
+    assert {"best.pt", "metrics.jsonl", "config.json", "training.png"} <= {p.name for p in trained.iterdir()}
+    assert not (trained / "last.pt").exists()  # a finished run keeps best.pt only (--keep-last keeps it)
     assert (trained / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     epochs = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 
 import pytest
 import torch
-from helpers import assert_clean_error
+from helpers import assert_clean_error, environment
 
 from ktt_core.checkpoint import content_digest, load_checkpoint
 from ktt_core.errors import KttError
@@ -73,7 +74,7 @@ def without_seconds(records: list[dict]) -> list[dict]:
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shop, tiny_encoder, workspace):
     train = ["--workspace", str(workspace), "train", "db_linear", "shop", "--epochs", "3", "--device", "cpu",
-             "--seed", "7", "--set", f"encoder={tiny_encoder}", *QUICK]
+             "--seed", "7", "--set", f"encoder={tiny_encoder}", "--keep-last", *QUICK]
     env = subprocess_env()
 
     # 1. The reference: the same seed, never interrupted, no mid-epoch checkpoints.
@@ -135,8 +136,43 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(shop, tiny_e
 def train_in_process(ktt, workspace, encoder, *extra, epochs=2):
     before = run_dirs(workspace)
     ktt("train", "db_linear", "shop", "--epochs", epochs, "--device", "cpu", "--set", f"encoder={encoder}",
-        *QUICK, *extra)
+        "--keep-last", *QUICK, *extra)
     return new_run(workspace, before)
+
+
+def test_a_finished_run_keeps_weights_only_unless_asked(ktt, shop, tiny_encoder, workspace):
+    before = run_dirs(workspace)
+    out = ktt("train", "db_linear", "shop", "--epochs", "2", "--device", "cpu", "--set", f"encoder={tiny_encoder}",
+              *QUICK).output
+    run = new_run(workspace, before)
+    assert (run / "best.pt").is_file() and not (run / "last.pt").exists()
+    best = load_checkpoint(run / "best.pt")
+    assert best["optimizer"] is None and best["resume"] is None  # weights (and what they are) only
+    size = sum(p.stat().st_size for p in run.rglob("*") if p.is_file()) / 1e6
+    assert f"run folder size: {size:.1f} MB (last.pt removed" in out
+    assert not json.loads((run / "config.json").read_text())["keep_last"]
+    assert_clean_error(ktt("train", "db_linear", "shop", "--resume", run, "--epochs", "3", expect=1),
+                       "no last.pt", "--keep-last")
+
+    # --keep-last is remembered by the run: a resumed run keeps it too.
+    kept = train_in_process(ktt, workspace, tiny_encoder, epochs=1)
+    assert json.loads((kept / "config.json").read_text())["keep_last"] is True
+    out = ktt("train", "db_linear", "shop", "--resume", kept, "--epochs", "2", "--device", "cpu").output
+    assert (kept / "last.pt").is_file() and load_checkpoint(kept / "last.pt")["training"]["epoch"] == 2
+    # "trained in" counts both sessions: the sum of the epochs' own times.
+    total = sum(e["seconds"] for e in epochs_of(kept)) / 60
+    assert re.search(r"trained in ([0-9.]+) min \(([0-9.]+) min of it in this session\)", out), out
+    shown = float(re.search(r"trained in ([0-9.]+) min", out).group(1))
+    assert shown >= round(total, 1) - 0.05
+
+
+def test_progress_lines_without_a_terminal(ktt, shop, tiny_encoder, workspace):
+    # CliRunner's output is not a terminal: tqdm draws nothing, lines come instead.
+    with environment(KTT_PROGRESS_SECONDS="0"):
+        out = ktt("train", "db_linear", "shop", "--epochs", "1", "--device", "cpu",
+                  "--set", f"encoder={tiny_encoder}", *QUICK).output
+    lines = [line for line in out.splitlines() if line.startswith("epoch 1/1: step ")]
+    assert lines and re.match(r"epoch 1/1: step 1/\d+ \(\d+%\), train_loss \d+\.\d{4}, [0-9.]+ steps/s", lines[0])
 
 
 def test_resume_refuses_bad_run_folders_and_conflicting_config(ktt, shop, tiny_encoder, workspace, tmp_path,

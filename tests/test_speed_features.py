@@ -66,7 +66,7 @@ def test_freeze_encoder_trains_the_head_only_and_caches_features(ktt, synthetic_
     assert [p.stat().st_mtime_ns for p in sorted(cache.glob("features-*.pt"))] == stamps  # reused
 
     run = sorted((workspace / "runs" / "db_linear" / "shop").iterdir())[-1]
-    saved = load_checkpoint(run / "last.pt")["state"]["state_dict"]
+    saved = load_checkpoint(run / "best.pt")["state"]["state_dict"]
     pretrained = AutoModel.from_pretrained(tiny_encoder).state_dict()
     for name, value in pretrained.items():
         assert torch.equal(saved[f"encoder.{name}"], value), name
