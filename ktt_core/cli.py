@@ -443,13 +443,15 @@ def _print_metrics(metrics: dict, title: str) -> None:
 @click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
               help="With --input: write the predictions here (.csv, .tsv, .jsonl, .parquet).")
 @click.option("--text", "text_column", default="text", show_default=True, help="With --input: the text column.")
+@click.option("--keep", "keep", multiple=True, metavar="COLS",
+              help="With --input: copy these input columns (comma list, e.g. id) into the output, to join back on.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="With --input: rows read and predicted at a time.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Predict with the ONNX export in DIR (ktt export --onnx) on onnxruntime, without torch.")
 @click.pass_context
 def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, threshold, top_k, as_json,
-            input_path, output_path, text_column, chunk_size, onnx_dir):
+            input_path, output_path, text_column, keep, chunk_size, onnx_dir):
     """Predict the label path of TEXTS, or of every text of an --input file, with a trained MODEL."""
     if bool(texts) == bool(input_path):
         raise KttError("give either TEXTS or --input FILE, not both" if texts else "give TEXTS or --input FILE")
@@ -457,6 +459,9 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
         raise KttError("--input needs --output FILE (.csv, .tsv, .jsonl or .parquet)")
     if output_path and not input_path:
         raise KttError("--output goes with --input FILE; TEXTS are printed")
+    if keep and not input_path:
+        raise KttError("--keep goes with --input FILE: it copies input columns into the output")
+    keep = [c for item in keep for c in _split_list(item, "--keep")]
     if onnx_dir:
         # Not ktt_core.jobs, which imports torch: an ONNX export runs where torch is not installed.
         from ktt_core import onnx_runtime as runner
@@ -472,7 +477,7 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
         source = (_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device)
     if input_path:
         n = runner.predict_file(*source, input_path, output_path, text_column, top_k, chunk_size, decoding,
-                                threshold)
+                                threshold, keep)
         click.echo(f"wrote {n} predictions to {output_path}")
         return
     for text, result in zip(texts, runner.predict(*source, list(texts), top_k, decoding, threshold)):

@@ -275,13 +275,14 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
 
 def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
                  input_path, output_path, text_column: str = "text", top_k: int = 1,
-                 chunk_size: int = 2048, decoding: str = "consistent", threshold: float | None = None) -> int:
+                 chunk_size: int = 2048, decoding: str = "consistent", threshold: float | None = None,
+                 keep=()) -> int:
     """Predict every text of a file into another, chunk by chunk; returns the rows written."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
     # Check the model and both files before loading the model, so a typo fails at once.
     plugins.model(model_name)
-    source = TextSource(input_path, text_column, chunk_size)
+    source = TextSource(input_path, text_column, chunk_size, keep)
     check_output(output_path, source)
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
     model = load_model(plugins, model_name, path).to(_device(device))

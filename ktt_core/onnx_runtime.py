@@ -290,11 +290,11 @@ def predict(model_name: str, directory, texts: list[str], top_k: int = 1, decodi
 
 def predict_file(model_name: str, directory, input_path, output_path, text_column: str = "text",
                  top_k: int = 1, chunk_size: int = 2048, decoding: str = "consistent",
-                 threshold: float | None = None) -> int:
+                 threshold: float | None = None, keep=()) -> int:
     """``jobs.predict_file`` with an ONNX export: every text of a file into another, by chunks."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
-    source = TextSource(input_path, text_column, chunk_size)
+    source = TextSource(input_path, text_column, chunk_size, keep)
     check_output(output_path, source)
     model = open_export(model_name, directory)
     return write_predictions(source, output_path, lambda texts: model.describe(texts, top_k, decoding, threshold),

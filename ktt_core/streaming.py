@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -36,8 +37,10 @@ def _one_line(value) -> str:
 class TextSource:
     """The texts of one column of a file, checked up front and read lazily in chunks."""
 
-    def __init__(self, path, column: str = "text", chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(self, path, column: str = "text", chunk_size: int = DEFAULT_CHUNK_SIZE, keep=()):
         self.path, self.column, self.chunk_size = Path(path), column, chunk_size
+        # Input columns copied to the output beside each prediction (an id to join back on).
+        self.keep = [c for c in dict.fromkeys(keep) if c != column]
         if chunk_size < 1:
             raise KttError(f"--chunk-size {chunk_size}: must be at least 1")
         self.format = input_format(self.path)
@@ -49,6 +52,25 @@ class TextSource:
             listed = ", ".join(map(repr, columns[:_MAX_LISTED_COLUMNS]))
             more = f" and {len(columns) - _MAX_LISTED_COLUMNS} more" if len(columns) > _MAX_LISTED_COLUMNS else ""
             raise KttError(f"{self.path}: no column '{column}' (use --text COL); columns: {listed or '(none)'}{more}")
+        for name in self.keep:
+            if name not in columns and self.format != "jsonl":  # a JSON line may leave a key out
+                raise KttError(f"{self.path}: --keep {name}: no such column; columns: {', '.join(columns)}")
+            if name in PREDICTION_COLUMNS or re.fullmatch(r"level_\d+(_score)?", name):
+                raise KttError(f"--keep {name}: the output has a column of that name (a prediction); "
+                               "rename the input column")
+
+    def kept_types(self) -> dict:
+        """Arrow types of the kept columns where the input has a schema (Parquet, Arrow)."""
+        if not self.keep or self.format not in ("parquet", "arrow"):
+            return {}
+        if self.format == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.ParquetFile(self.path).schema_arrow
+        else:
+            with _arrow_reader(self.path) as reader:
+                schema = reader.schema
+        return {name: schema.field(name).type for name in self.keep}
 
     @property
     def total(self) -> int | None:
@@ -61,14 +83,22 @@ class TextSource:
 
     def chunks(self) -> Iterator[list[str]]:
         """Lists of at most ``chunk_size`` texts, in file order; empty texts are refused."""
-        chunk: list[str] = []
-        for row, value in enumerate(_values(self.path, self.format, self.column, self.chunk_size), 1):
-            chunk.append(self._text(value, row))
-            if len(chunk) == self.chunk_size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+        for texts, _ in self.chunks_with_kept():
+            yield texts
+
+    def chunks_with_kept(self) -> Iterator[tuple[list[str], list[dict]]]:
+        """:meth:`chunks`, each with the values of the ``keep`` columns of its rows."""
+        texts: list[str] = []
+        kept: list[dict] = []
+        columns = [self.column, *self.keep]
+        for row, values in enumerate(_values(self.path, self.format, columns, self.chunk_size), 1):
+            texts.append(self._text(values[0], row))
+            kept.append({name: _missing_as_none(v) for name, v in zip(self.keep, values[1:])})
+            if len(texts) == self.chunk_size:
+                yield texts, kept
+                texts, kept = [], []
+        if texts:
+            yield texts, kept
 
     def _text(self, value, row: int) -> str:
         if isinstance(value, float) and math.isnan(value):
@@ -80,6 +110,11 @@ class TextSource:
         if text is None or not text.strip():
             raise KttError(f"{self.path}: row {row}: empty text in column '{self.column}'")
         return text
+
+
+def _missing_as_none(value):
+    """pandas reads an empty CSV cell as NaN; a kept column writes it as empty (null)."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def input_format(path) -> str:
@@ -126,12 +161,13 @@ def _columns(path: Path, fmt: str) -> list[str]:
         raise KttError(f"{path}: cannot read as {fmt.upper()}: {_one_line(exc)}") from exc
 
 
-def _values(path: Path, fmt: str, column: str, chunk_size: int) -> Iterator:
-    """The cells of ``column`` one by one; the reader underneath reads ``chunk_size`` rows at a time."""
+def _values(path: Path, fmt: str, columns: list[str], chunk_size: int) -> Iterator[tuple]:
+    """Each row's cells of ``columns`` (the text first), one row at a time; the reader
+    underneath reads ``chunk_size`` rows at a time."""
     readers = {"csv": _csv_values, "tsv": _csv_values, "jsonl": _jsonl_values,
                "parquet": _parquet_values, "arrow": _arrow_values}
     try:
-        yield from readers[fmt](path, fmt, column, chunk_size)
+        yield from readers[fmt](path, fmt, columns, chunk_size)
     except KttError:
         raise
     except UnicodeDecodeError as exc:
@@ -143,28 +179,28 @@ def _values(path: Path, fmt: str, column: str, chunk_size: int) -> Iterator:
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
 
 
-def _csv_values(path, fmt, column, chunk_size) -> Iterator:
+def _csv_values(path, fmt, columns, chunk_size) -> Iterator[tuple]:
     import pandas as pd
 
     # Only truly empty cells are missing: "NA", "null" or "None" may be real product names.
-    with pd.read_csv(path, sep=_SEPARATORS[fmt], usecols=[column], chunksize=chunk_size, dtype=str,
+    with pd.read_csv(path, sep=_SEPARATORS[fmt], usecols=columns, chunksize=chunk_size, dtype=str,
                      keep_default_na=False, na_values=[""], encoding="utf-8-sig") as reader:
         for frame in reader:
-            yield from frame[column].tolist()
+            yield from zip(*(frame[c].tolist() for c in columns))
 
 
-def _jsonl_values(path, fmt, column, chunk_size) -> Iterator:
+def _jsonl_values(path, fmt, columns, chunk_size) -> Iterator[tuple]:
     for lineno, item in iter_jsonl(path):
-        if column not in item:
-            raise KttError(f"{path}: line {lineno}: no key '{column}'")
-        yield item[column]
+        if columns[0] not in item:
+            raise KttError(f"{path}: line {lineno}: no key '{columns[0]}'")
+        yield tuple(item.get(c) for c in columns)
 
 
-def _parquet_values(path, fmt, column, chunk_size) -> Iterator:
+def _parquet_values(path, fmt, columns, chunk_size) -> Iterator[tuple]:
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(columns=[column], batch_size=chunk_size):
-        yield from batch.column(0).to_pylist()
+    for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=chunk_size):
+        yield from zip(*(batch.column(batch.schema.get_field_index(c)).to_pylist() for c in columns))
 
 
 def _arrow_reader(path):
@@ -177,15 +213,15 @@ def _arrow_reader(path):
         return pa.ipc.open_stream(pa.OSFile(str(path)))
 
 
-def _arrow_values(path, fmt, column, chunk_size) -> Iterator:
+def _arrow_values(path, fmt, columns, chunk_size) -> Iterator[tuple]:
     with _arrow_reader(path) as reader:
         batches = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
             if hasattr(reader, "get_batch") else reader
         for batch in batches:
-            values = batch.column(batch.schema.get_field_index(column))
+            values = [batch.column(batch.schema.get_field_index(c)) for c in columns]
             # A batch may be large; convert it slice by slice (slices of a mapped file are free).
-            for start in range(0, len(values), chunk_size):
-                yield from values.slice(start, chunk_size).to_pylist()
+            for start in range(0, batch.num_rows, chunk_size):
+                yield from zip(*(v.slice(start, chunk_size).to_pylist() for v in values))
 
 
 # -- predictions as rows ---------------------------------------------------------------------
@@ -205,9 +241,12 @@ def check_output(output, source: TextSource) -> str:
     return fmt
 
 
-def output_columns(depth: int, top_k: int) -> list[str]:
+PREDICTION_COLUMNS = ("text", "path", "score", "top_k")
+
+
+def output_columns(depth: int, top_k: int, keep=()) -> list[str]:
     levels = [name for d in range(1, depth + 1) for name in (f"level_{d}", f"level_{d}_score")]
-    return ["text", "path", "score", *levels] + (["top_k"] if top_k > 1 else [])
+    return [*keep, "text", "path", "score", *levels] + (["top_k"] if top_k > 1 else [])
 
 
 def prediction_row(text: str, result: dict, depth: int, top_k: int) -> dict:
@@ -261,12 +300,15 @@ class _JsonlWriter:
 class _ParquetWriter:
     """Writes each chunk as a row group, with a fixed schema so empty levels keep their type."""
 
-    def __init__(self, path: Path, columns: list[str]):
+    def __init__(self, path: Path, columns: list[str], kept_types: dict | None = None):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         types = {"text": pa.string(), "path": pa.list_(pa.string()), "score": pa.float64(),
-                 "top_k": pa.list_(pa.struct([("path", pa.list_(pa.string())), ("score", pa.float64())]))}
+                 "top_k": pa.list_(pa.struct([("path", pa.list_(pa.string())), ("score", pa.float64())])),
+                 **(kept_types or {})}
+        self.as_text = [c for c in columns if c not in types and not c.endswith("_score")
+                        and not c.startswith("level_")]
         self.schema = pa.schema([(c, types.get(c, pa.float64() if c.endswith("_score") else pa.string()))
                                  for c in columns])
         self.writer = pq.ParquetWriter(str(path), self.schema)
@@ -274,16 +316,21 @@ class _ParquetWriter:
     def write(self, rows: list[dict]) -> None:
         import pyarrow as pa
 
+        if self.as_text:  # kept columns of a schemaless input: their text (None stays null)
+            rows = [{**r, **{c: None if r[c] is None else r[c] if isinstance(r[c], str) else json.dumps(r[c])
+                             for c in self.as_text}} for r in rows]
         self.writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
 
     def close(self) -> None:
         self.writer.close()
 
 
-def _open_writer(path: Path, fmt: str, columns: list[str]):
+def _open_writer(path: Path, fmt: str, columns: list[str], kept_types: dict):
     if fmt in _SEPARATORS:
         return _CsvWriter(path, columns, _SEPARATORS[fmt])
-    return {"jsonl": _JsonlWriter, "parquet": _ParquetWriter}[fmt](path, columns)
+    if fmt == "parquet":
+        return _ParquetWriter(path, columns, kept_types)
+    return _JsonlWriter(path, columns)
 
 
 def write_predictions(source: TextSource, output, predict_chunk: Callable[[list[str]], Iterable[dict]],
@@ -296,15 +343,15 @@ def write_predictions(source: TextSource, output, predict_chunk: Callable[[list[
 
     output = Path(output)
     fmt = check_output(output, source)
-    columns = output_columns(depth, top_k)
+    columns = output_columns(depth, top_k, source.keep)
     written = 0
     with atomic_path(output) as tmp, \
             tqdm(total=source.total, unit=" rows", desc="predict", disable=None if progress else True) as bar:
-        writer = _open_writer(tmp, fmt, columns)
+        writer = _open_writer(tmp, fmt, columns, source.kept_types())
         try:
-            for texts in source.chunks():
+            for texts, kept in source.chunks_with_kept():
                 results = predict_chunk(texts)
-                writer.write([prediction_row(t, r, depth, top_k) for t, r in zip(texts, results)])
+                writer.write([{**k, **prediction_row(t, r, depth, top_k)} for t, r, k in zip(texts, results, kept)])
                 written += len(texts)
                 bar.update(len(texts))
         finally:

@@ -45,9 +45,10 @@ def test_predict_file_formats_and_failures(trained, ktt, tmp_path):
     # CSV -> CSV, more rows than one chunk: every row, in order, same paths as `ktt predict`.
     frame.to_csv(src / "items.csv", index=False)
     result = ktt("predict", "db_linear", "shop", "--input", src / "items.csv", "--output", out / "p.csv",
-                 "--text", "title", "--chunk-size", 64)
+                 "--text", "title", "--chunk-size", 64, "--keep", "id")
     assert f"wrote 250 predictions to {out / 'p.csv'}" in result.output
     got = pd.read_csv(out / "p.csv", dtype=str, keep_default_na=False)
+    assert got["id"].tolist() == [str(i) for i in range(250)]  # --keep: joins back to the input
     assert got["text"].tolist() == texts
     assert got["path"].tolist() == [" > ".join(p) for p in paths]
     assert got["level_1"].tolist() == [p[0] for p in paths]
@@ -149,3 +150,36 @@ def test_missing_text_in_parquet_names_the_row(tmp_path):
     with pytest.raises(KttError, match=r"items.parquet: row 3: empty text"):
         write_predictions(source, tmp_path / "p.parquet", _fake_predict, depth=1, progress=False)
     assert _files(tmp_path) == ["items.parquet"]
+
+
+@pytest.mark.parametrize("source_name, output_name", [
+    ("items.csv", "p.parquet"), ("items.parquet", "p.csv"), ("items.jsonl", "p.parquet"),
+    ("items.arrow", "p.jsonl"), ("items.jsonl", "p.jsonl")])
+def test_keep_copies_input_columns_beside_each_prediction(tmp_path, source_name, output_name):
+    texts = [f"word{i} filler" for i in range(11)]
+    frame = pd.DataFrame({"id": [100 + i for i in range(11)], "text": texts, "shop": ["north", None] * 5 + ["x"]})
+    path = tmp_path / source_name
+    {"items.csv": lambda: frame.to_csv(path, index=False),
+     "items.parquet": lambda: frame.to_parquet(path, index=False),
+     "items.jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     "items.arrow": lambda: feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False), path,
+                                                  chunksize=4)}[source_name]()
+    n = write_predictions(TextSource(path, "text", 3, keep=["id", "shop", "text"]), tmp_path / output_name,
+                          _fake_predict, depth=1, progress=False)
+    assert n == 11
+    out = tmp_path / output_name
+    got = (pd.read_parquet(out) if output_name.endswith(".parquet") else pd.read_json(out, lines=True)
+           if output_name.endswith(".jsonl") else pd.read_csv(out))
+    assert list(got.columns[:3]) == ["id", "shop", "text"]  # kept columns first, the text once
+    assert [int(x) for x in got["id"]] == [100 + i for i in range(11)]
+    assert got["text"].tolist() == texts and got["level_1"].tolist() == [t.split()[0] for t in texts]
+    assert got["shop"].iloc[0] == "north" and pd.isna(got["shop"].iloc[1])
+
+
+def test_keep_refuses_unknown_or_clashing_columns(tmp_path, ktt):
+    pd.DataFrame({"id": [1], "text": ["a b"], "score": [3]}).to_csv(tmp_path / "items.csv", index=False)
+    with pytest.raises(KttError, match=r"items.csv: --keep idx: no such column; columns: id, text, score"):
+        TextSource(tmp_path / "items.csv", "text", keep=["idx"])
+    with pytest.raises(KttError, match=r"--keep score: the output has a column of that name"):
+        TextSource(tmp_path / "items.csv", "text", keep=["score"])
+    _assert_error(ktt("predict", "db_linear", "shop", "a text", "--keep", "id", expect=None), "--keep goes with --input")
