@@ -129,3 +129,9 @@ class Model(ABC):
     def summary(self) -> str:
         """One line on the model for ``ktt train``'s header (size, encoder, features...)."""
         return ""
+
+    def dry_run(self, sample: "LabelledTexts") -> str:
+        """For ``ktt train --dry-run``: run what can run before fitting on a few training
+        rows (a forward pass and the loss, for a torch model) and say what was checked;
+        raise KttError naming what is wrong. The default checks nothing."""
+        return ""

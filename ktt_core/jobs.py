@@ -24,6 +24,7 @@ from ktt_core.plots import plot_training
 from ktt_core.registry import ModelSpec
 from ktt_core.runs import RunContext
 from ktt_core.scoring import predict as score_and_decode
+from ktt_core.scoring import score as score_only
 from ktt_core.workspace import Workspace
 
 
@@ -93,6 +94,11 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         say(f"resuming {saved['directory']} from {describe_position(saved['checkpoint']['training'])} "
             f"of {config['epochs']}")
     if dry_run:
+        sample = LabelledTexts(train_split.texts[:8], train_split.targets[:8])
+        checked = model.dry_run(sample)
+        if checked:
+            score_only(plugins, spec, model, sample.texts)  # the scoring call's shape checks
+            say(f"dry run: {checked}; scores have the expected shapes")
         say("dry run: config " + json.dumps(config))
         return None
     if saved is not None:

@@ -68,6 +68,67 @@ class ClassifierHead(nn.Module, ABC):
         return sum(scores.float()[:, self.leaf_ancestors[:, d]] for d, scores in enumerate(levels))
 
 
+class ModelConfig(dict):
+    """A model's hyperparameters; reading a key it does not have names the fix."""
+
+    def __init__(self, values, model: str):
+        super().__init__(values)
+        self.model = model
+
+    def __missing__(self, key):
+        raise MissingConfigKey(f"model {self.model}: its code reads config key {key!r}, which is not among its "
+                               f"keys; add it to the defaults of its ModelSpec (keys: {', '.join(sorted(self))})")
+
+
+class MissingConfigKey(KttError, KeyError):
+    """A one-line error for the CLI, and still a KeyError for code that expects one."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def make_head(spec, hierarchy: Hierarchy, config: dict[str, Any], input_dim: int) -> ClassifierHead:
+    """The spec's head, checked once on a probe batch (see :func:`check_head`)."""
+    config = config if isinstance(config, ModelConfig) else ModelConfig(config, spec.name)
+    head = spec.head_class(hierarchy, config, input_dim)
+    if not isinstance(head, ClassifierHead):
+        raise KttError(f"model {spec.name}: its head {type(head).__name__} is not a ktt_core.model.ClassifierHead")
+    check_head(head, hierarchy)
+    return head
+
+
+def check_head(head: ClassifierHead, hierarchy: Hierarchy, batch: int = 2) -> None:
+    """Run ``head`` on a probe batch of zero features: its scores must have the shapes the
+    core decodes and its loss must be a scalar, or the head is refused by name
+    before anything trains (a wrong shape would otherwise train and report metrics)."""
+    name = type(head).__name__
+    expect = (batch, hierarchy.n_leaves)
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.no_grad():
+            outputs = head(torch.zeros((batch, head.input_dim)))
+            levels = head.level_log_scores(outputs)
+            paths = head.path_log_scores(outputs)
+            loss = head.loss(outputs, torch.zeros((batch, hierarchy.depth), dtype=torch.long))
+    except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+        raise KttError(f"head {name} fails on a probe batch of shape {(batch, head.input_dim)}: "
+                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    finally:
+        head.train(was_training)
+    if tuple(paths.shape) != expect:
+        raise KttError(f"head {name}: path_log_scores returned shape {tuple(paths.shape)}; expected "
+                       f"(batch, n_leaves) = {expect} for this hierarchy ({hierarchy.summary()})")
+    if levels is not None:
+        shapes = [tuple(x.shape) for x in levels]
+        want = [(batch, n) for n in hierarchy.level_sizes]
+        if shapes != want:
+            raise KttError(f"head {name}: level_log_scores returned shapes {shapes}; expected one "
+                           f"(batch, classes of level) per level = {want}")
+    if loss.dim() != 0:
+        raise KttError(f"head {name}: loss returned shape {tuple(loss.shape)}; expected a scalar")
+
+
 class EncoderModel(nn.Module, Model):
     """Encoder + pooling + a plugin's head, with what is needed to rebuild it."""
 
@@ -99,7 +160,7 @@ class EncoderModel(nn.Module, Model):
         from ktt_core.encoders import load_pretrained
 
         encoder, tokenizer = load_pretrained(config["encoder"], config["allow_download"])
-        head = spec.head_class(hierarchy, config, encoder.config.hidden_size)
+        head = make_head(spec, hierarchy, config, encoder.config.hidden_size)
         return cls(spec.name, hierarchy, config, encoder, tokenizer, head)
 
     @classmethod
@@ -115,11 +176,24 @@ class EncoderModel(nn.Module, Model):
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise KttError(f"{path}: the encoder config or tokenizer it holds is invalid ({exc!r:.120})") from None
         tokenizer = tokenizer_from_files(tokenizer_files)
-        head = spec.head_class(hierarchy, config, encoder.config.hidden_size)
+        head = make_head(spec, hierarchy, config, encoder.config.hidden_size)
         model = cls(spec.name, hierarchy, config, encoder, tokenizer, head)
         model.load_weights(checkpoint)
         model._tokenizer_files = tokenizer_files
         return model
+
+    def dry_run(self, sample: LabelledTexts) -> str:
+        """A forward pass and the loss on a few real training rows."""
+        from ktt_core.data.batches import eval_loader
+
+        batch = next(iter(eval_loader(self.tokenize(sample), len(sample))))
+        self.eval()
+        with torch.no_grad():
+            outputs = self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            loss = self.head.loss(outputs, batch["targets"].to(self.device))
+        if not torch.isfinite(loss):
+            raise KttError(f"model {self.name}: the loss of a forward pass on {len(sample)} training texts is {float(loss)}")
+        return f"a forward pass on {len(sample)} training texts, loss {float(loss):.4f}"
 
     def fit(self, train: LabelledTexts, val: LabelledTexts, run) -> list[dict]:
         from ktt_core.training import fit

@@ -1,53 +1,20 @@
-"""Shared fixtures: a tiny random DistilBERT, a synthetic hierarchy, a workspace."""
+"""Shared fixtures: a tiny random DistilBERT, a synthetic hierarchy, a workspace (built with
+the conformance kit, :mod:`ktt_core.testing`, that plugins' own tests use too)."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from ktt_core.cli import cli
-from ktt_core.encoders import resolve_encoder
-
-# Synthetic hierarchy: each top class and each child has its own keyword, so a small model
-# can learn it; texts also carry shared filler words.
-TREE = {
-    "Food": ["Fruit", "Bakery", "Drinks"],
-    "Home": ["Kitchen", "Garden"],
-    "Toys": ["Puzzles", "Dolls", "Games"],
-}
-WORDS = {"Food": "edible", "Home": "household", "Toys": "playful", "Fruit": "apple", "Bakery": "bread",
-         "Drinks": "juice", "Kitchen": "pan", "Garden": "shovel", "Puzzles": "jigsaw", "Dolls": "doll",
-         "Games": "board"}
-FILLER = ["great", "value", "pack", "new", "large", "small", "blue", "red", "premium", "classic"]
-
-
-def synthetic_rows(n: int, seed: int = 0) -> pd.DataFrame:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        top = rng.choice(sorted(TREE))
-        child = rng.choice(TREE[top])
-        words = [WORDS[top], WORDS[child]] + rng.sample(FILLER, 3)
-        rng.shuffle(words)
-        rows.append({"id": i, "title": " ".join(words) + f" {i}", "category": f"{top} > {child}"})
-    return pd.DataFrame(rows)
+from ktt_core.testing import FILLER, TREE, WORDS, make_tiny_encoder, synthetic_rows  # noqa: F401
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory) -> str:
     """A randomly initialised 2-layer DistilBERT (dim 32) with the MiniLM vocabulary."""
-    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
-
-    folder = tmp_path_factory.mktemp("tiny-distilbert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("all-MiniLM-L6-v2"))
-    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2,
-                              hidden_dim=64, max_position_embeddings=64)
-    DistilBertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-distilbert"))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ktt_core.testing import install_plugin
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,13 +21,9 @@ def docs_example() -> str:
 
 def test_the_documented_non_torch_model_works_as_a_plugin(tmp_path, synthetic_csv):
     # Installed as pip would: a module and a dist-info with its entry point, on sys.path.
-    (tmp_path / "ktt_centroid.py").write_text(docs_example())
-    dist = tmp_path / "ktt_centroid-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ktt-centroid\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ktt]\ncentroid = ktt_centroid\n")
+    env = {**install_plugin(tmp_path, "ktt_centroid", docs_example(), entry_point="centroid"),
+           "PATH": "/usr/bin:/bin", "KTT_LOAD_PLUGINS": "centroid"}
     workspace = tmp_path / "ws"
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "KTT_LOAD_PLUGINS": "centroid"}
 
     def ktt(*args):
         done = subprocess.run([sys.executable, "-m", "ktt_core", "--workspace", str(workspace), *map(str, args)],
