@@ -425,6 +425,8 @@ def test_bad_sql_query(tmp_path):
     message = error_of(read_table, sql_url=url, query="SELECT title FROM produkts")
     assert message == f"sql:{url}: query failed: no such table: produkts"
     message = error_of(read_table, sql_url=url, query="SELEC title FROM products")
+    assert message == f"sql:{url}: --query must be one SELECT statement; got SELEC"
+    message = error_of(read_table, sql_url=url, query="SELECT title FROM products WHERE WHERE")
     assert "query failed" in message and "syntax error" in message
 
 

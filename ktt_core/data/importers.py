@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,47 +249,16 @@ def _read_arrow(path) -> pd.DataFrame:
 
 def sql_source_name(sql_url: str) -> str:
     """How a SQL source is named in messages: its URL with any password hidden."""
-    import sqlalchemy as sa
+    from ktt_core.data.sql import source_name
 
-    try:
-        return "sql:" + sa.engine.make_url(sql_url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "sql:?"
+    return source_name(sql_url)
 
 
 def _read_sql(sql_url, query) -> pd.DataFrame:
-    import sqlalchemy as sa
+    # Read-only by construction (ktt_core.data.sql): one query, never a write.
+    from ktt_core.data.sql import read_query
 
-    if not sql_url:
-        raise KttError("--query needs --sql-url (the database to run it on)")
-    try:
-        url = sa.engine.make_url(sql_url)
-    except sa.exc.ArgumentError as exc:
-        raise KttError(f"--sql-url {sql_url!r}: not a valid database URL "
-                       f"(expected e.g. sqlite:///shop.db): {_one_line(exc)}") from exc
-    name = sql_source_name(sql_url)
-    if query is None or not str(query).strip():
-        raise KttError(f"{name}: --query is required with --sql-url")
-    # SQLite would silently create a missing database file; a typo should be an error.
-    if (url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:"
-            and not url.database.startswith("file:") and not os.path.exists(url.database)):
-        raise KttError(f"{name}: no such database file '{url.database}'")
-    try:
-        engine = sa.create_engine(url)
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        raise KttError(f"{name}: cannot open the database: {_one_line(exc)}") from exc
-    try:
-        with engine.connect() as conn:
-            df = pd.read_sql_query(query, conn)
-    except sa.exc.DBAPIError as exc:
-        raise KttError(f"{name}: query failed: {_one_line(exc.orig)}") from exc
-    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError, ValueError, TypeError) as exc:
-        raise KttError(f"{name}: query failed: {_one_line(exc)}") from exc
-    finally:
-        engine.dispose()
-    if len(df) == 0:
-        raise KttError(f"{name}: the query returned no rows")
-    return df
+    return read_query(sql_url, query)
 
 
 def _decode_error(path, encoding: str, exc: UnicodeDecodeError) -> KttError:
