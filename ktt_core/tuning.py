@@ -25,6 +25,7 @@ from ktt_core.errors import KttError
 from ktt_core.files import atomic_path, atomic_write_json
 from ktt_core.registry import ModelSpec
 from ktt_core.runs import RunContext
+from ktt_core.secrets import mask_url
 from ktt_core.workspace import Workspace
 
 DISTRIBUTIONS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
@@ -80,7 +81,9 @@ def open_study(storage: str, name: str, direction: str, seed: int | None = None,
             if any(race in message for race in RACES) and attempt < 7:
                 time.sleep(0.3 + random.random())
                 continue
-            raise KttError(f"--storage {storage}: cannot open it ({' '.join(str(exc).split())[:200]})") from None
+            # The URL and the driver's message may hold the password: both are masked.
+            raise KttError(f"--storage {mask_url(storage)}: cannot open it "
+                           f"({mask_url(' '.join(str(exc).split()))[:200]})") from None
 
 
 def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, *, trials: int,

@@ -207,12 +207,27 @@ def checkpoint_of_another_model(folder: Path, workspace: Path) -> Path:
     return _forge(workspace, folder / "other-model.pt", lambda p: p.__setitem__("model", "db_bhcn"), rehash=True)
 
 
+def sqlite_shop(folder: Path, workspace: Path) -> Path:
+    """A real SQLite database of 24 products; the cases check it is left byte for byte."""
+    import sqlite3
+
+    path = folder / "shop.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE products (id INTEGER, title TEXT, category TEXT)")
+    con.executemany("INSERT INTO products VALUES (?, ?, ?)",
+                    [(i, f"{w} number {i}", c) for i, (w, c) in enumerate(
+                        [("apple", "Food > Fruit"), ("bread", "Food > Bakery"), ("rake", "Home > Garden")] * 8)])
+    con.commit()
+    con.close()
+    return path
+
+
 MAKERS = {f.__name__: f for f in (
     parquet_with_nan_text, a_directory, csv_100k_one_bad_row, csv_with_10mb_text, split_without_path_column,
     split_with_unknown_path, checkpoint_with_pickle_payload, legacy_checkpoint_with_pickle_payload,
     raw_pickle_with_payload, plain_torch_file, truncated_checkpoint, checkpoint_with_flipped_weight,
     checkpoint_with_bad_hierarchy, checkpoint_with_bad_config, checkpoint_with_bad_encoder_config,
-    checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference)}
+    checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference, sqlite_shop)}
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import queue
 import threading
 from typing import Callable
 
+from ktt_core.secrets import mask_url
+
 log = logging.getLogger("ktt.monitoring")
 
 
@@ -159,12 +161,12 @@ class MonitorClient:
         if outcome == "sent":
             self._count_sent(len(batch))
             if self._failing:
-                log.warning("drift monitor at %s takes rows again", self.url)
+                log.warning("drift monitor at %s takes rows again", mask_url(self.url))
                 self._failing = False
             return outcome
         self._count_dropped(len(batch))
         if not self._failing:
             log.warning("drift monitor at %s: %s; dropping rows until it takes them again (counted in stats)",
-                        self.url, problem)
+                        mask_url(self.url), mask_url(problem))
             self._failing = True
         return outcome
