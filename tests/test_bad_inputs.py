@@ -222,12 +222,26 @@ def sqlite_shop(folder: Path, workspace: Path) -> Path:
     return path
 
 
+def parquet_with_list_text(folder: Path, workspace: Path) -> Path:
+    path = folder / "list_text.parquet"
+    pd.DataFrame({"title": [["basmati", "rice"], ["oat", "milk"]],
+                  "category": ["Food > Grains", "Drinks > Plant milk"]}).to_parquet(path)
+    return path
+
+
+def parquet_with_binary_label(folder: Path, workspace: Path) -> Path:
+    path = folder / "binary_label.parquet"
+    pd.DataFrame({"title": ["basmati rice", "oat milk"], "category": [b"Food > Grains", b"Drinks"]}).to_parquet(path)
+    return path
+
+
 MAKERS = {f.__name__: f for f in (
     parquet_with_nan_text, a_directory, csv_100k_one_bad_row, csv_with_10mb_text, split_without_path_column,
     split_with_unknown_path, checkpoint_with_pickle_payload, legacy_checkpoint_with_pickle_payload,
     raw_pickle_with_payload, plain_torch_file, truncated_checkpoint, checkpoint_with_flipped_weight,
     checkpoint_with_bad_hierarchy, checkpoint_with_bad_config, checkpoint_with_bad_encoder_config,
-    checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference, sqlite_shop)}
+    checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference, sqlite_shop,
+    parquet_with_list_text, parquet_with_binary_label)}
 
 
 # -- checks -----------------------------------------------------------------------------------

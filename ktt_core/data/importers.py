@@ -14,7 +14,9 @@ excluded) and the column where it applies.
 from __future__ import annotations
 
 import codecs
+import decimal
 import json
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ _EXTENSIONS = {
 }
 _FILE_FORMATS = "csv, tsv, json, jsonl, parquet, arrow"
 _SEQUENCES = (list, tuple, np.ndarray)
+_NUMBERS = (numbers.Real, decimal.Decimal)  # numpy's too; bool is refused before
 _MAX_LISTED_COLUMNS = 50
 
 #: Texts longer than this are kept but counted in the import report: models read only
@@ -49,6 +52,7 @@ MISSING_LABEL = "missing label"
 EMPTY_LEVEL = "empty label level"
 MALFORMED_LABEL = "malformed label"
 INVALID_UNICODE = "invalid Unicode"
+NOT_TEXT = "value that is not text"
 
 # Unpaired UTF-16 surrogates: JSON's "\ud800" escapes decode to them, and no file (UTF-8
 # Parquet included) can store them.
@@ -447,9 +451,29 @@ def _is_missing(value) -> bool:
     return False
 
 
+def _kind_of(value) -> str:
+    """What a cell holds, for messages: "a JSON object", "a boolean (True)", "bytes", ..."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, _SEQUENCES):
+        return "a list"
+    if isinstance(value, (bool, np.bool_)):
+        return f"a boolean ({bool(value)})"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if isinstance(value, _NUMBERS):
+        return f"a number ({value})"
+    return f"a {type(value).__name__} value"
+
+
 def _text(value, column) -> str:
     if _is_missing(value):
         raise _Invalid(EMPTY_TEXT, "empty text", column)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, *_NUMBERS)):
+        # A JSON object, a list, a boolean or bytes in the text column (from JSON, Parquet,
+        # Arrow or SQL) is a wrong column or a broken export; its Python printout is not the
+        # text. A number is kept as its decimal text, as a CSV file reads it.
+        raise _Invalid(NOT_TEXT, f"text is {_kind_of(value)}, not text", column)
     text = (value if isinstance(value, str) else str(value)).strip()
     if not text:
         raise _Invalid(EMPTY_TEXT, "empty text", column)
@@ -464,14 +488,17 @@ def _check_unicode(value: str, column, what: str) -> None:
                                         f"{bad.start() + 1}, which is not valid Unicode", column)
 
 
-def _label_str(value) -> str:
+def _label_str(value, column=None, level: int = 1) -> str:
     """One label as text; integral floats lose their ``.0``.
 
     Integer ids read from a column with gaps come back as floats (3.0), and must name the
-    same class as the "3" read from a CSV file.
+    same class as the "3" read from a CSV file. Strings and numbers are labels; a boolean,
+    bytes or any other value is refused (its Python printout is not a label).
     """
     if isinstance(value, str):
         return value.strip()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, _NUMBERS):
+        raise _Invalid(NOT_TEXT, f"label at level {level} is {_kind_of(value)}, not a label", column)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value).strip()
@@ -491,6 +518,7 @@ def _levels_from_value(value, sep, column) -> tuple[str, ...]:
             items = _json_list(stripped, column)
         elif sep is not None:
             items = value.split(sep)
+            _check_separator_edges(items, sep, column)
         else:
             items = [stripped]
     elif isinstance(value, dict):
@@ -503,12 +531,28 @@ def _levels_from_value(value, sep, column) -> tuple[str, ...]:
     for level, item in enumerate(items, 1):
         if isinstance(item, (*_SEQUENCES, dict)):
             raise _Invalid(MALFORMED_LABEL, f"malformed label: level {level} is not a single label", column)
-        label = "" if _is_missing(item) else _label_str(item)
+        label = "" if _is_missing(item) else _label_str(item, column, level)
         if not label:
             raise _Invalid(EMPTY_LEVEL, f"empty label at level {level}", column)
         _check_unicode(label, column, f"label at level {level}")
         path.append(label)
     return tuple(path)
+
+
+def _check_separator_edges(items: list[str], sep: str, column) -> None:
+    """Refuse a label with the separator's visible part at an edge.
+
+    Split on " > ", "Food >" stays whole and "Food > > Fruit" gives "> Fruit": a label
+    that holds the separator, which no path written with it can name again.
+    """
+    core = sep.strip()
+    if not core:
+        return
+    for level, item in enumerate(items, 1):
+        label = item.strip()
+        if label.startswith(core) or label.endswith(core):
+            where = "" if len(items) == 1 else f" at level {level}"
+            raise _Invalid(MALFORMED_LABEL, f"label '{label}'{where} has the separator '{sep}' at its edge", column)
 
 
 def _json_list(text: str, column) -> list:
@@ -531,7 +575,7 @@ def _levels_from_cells(cells, columns) -> tuple[str, ...]:
         if isinstance(cell, (*_SEQUENCES, dict)):
             raise _Invalid(MALFORMED_LABEL, "malformed label: a list; with one column per level "
                                             "each cell must hold a single label", column)
-        labels.append("" if _is_missing(cell) else _label_str(cell))
+        labels.append("" if _is_missing(cell) else _label_str(cell, column, len(labels) + 1))
     end = len(labels)
     while end and not labels[end - 1]:
         end -= 1
