@@ -143,6 +143,17 @@ def test_a_missing_database_is_never_created(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_wal_mode_database_is_read_without_leaving_files(tmp_path):
+    db = make_db(tmp_path / "wal.db")
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    con.close()
+    before = state(db)
+    assert before[2] == ["wal.db"]
+    assert len(read_table(sql_url=f"sqlite:///{db}", query="SELECT title, category FROM products")) == 24
+    assert state(db) == before  # no wal.db-wal, no wal.db-shm
+
+
 def test_check_query_reads_past_strings_and_comments():
     for ok in ("SELECT ';' AS x", "SELECT 1 -- ; DROP TABLE t", "SELECT 1 /* ; DROP */", "select [a;b] from t",
                "SELECT `a;b` FROM t", "SELECT $$;drop$$", "SELECT 'it''s; fine'", "VALUES (1)"):

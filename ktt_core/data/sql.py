@@ -139,6 +139,21 @@ def _sqlite_path(url, name: str) -> str:
     return path
 
 
+def _sqlite_wal_idle(path: str) -> str:
+    """``&immutable=1`` for a WAL-mode database that no connection has open (no -wal or
+    -shm file beside it): even read-only, SQLite would otherwise leave those two files
+    behind. A database in use, or in rollback-journal mode, is opened as it is."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(20)
+    except OSError:
+        return ""
+    wal = header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
+    if wal and not any(os.path.exists(path + suffix) for suffix in ("-wal", "-shm")):
+        return "&immutable=1"
+    return ""
+
+
 def _sqlite_engine(path: str):
     import sqlite3
 
@@ -157,7 +172,8 @@ def _sqlite_engine(path: str):
     def connect():
         # mode=ro: SQLite refuses every write to the file and never creates it;
         # query_only and the authorizer refuse the rest.
-        connection = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, check_same_thread=False)
+        connection = sqlite3.connect(f"file:{quote(path)}?mode=ro{_sqlite_wal_idle(path)}", uri=True,
+                                     check_same_thread=False)
         connection.execute("PRAGMA query_only=ON")
         connection.set_authorizer(authorize)
         return connection
