@@ -93,7 +93,7 @@ def check_url(url: str, what: str) -> str:
 
     try:
         parts = urlsplit(url)
-        parts.port  # parsed lazily: a non-numeric or out-of-range port raises here
+        _ = parts.port  # parsed lazily: a non-numeric or out-of-range port raises here
     except ValueError as exc:
         netloc = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
         port = netloc.rpartition(":")[2] if ":" in netloc else ""

@@ -25,11 +25,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import synthetic_rows
 from helpers import environment
 
-from conftest import synthetic_rows
 from ktt_core.cli import cli
-from ktt_core.environment import SMALL_FILE_LIMIT, check_url, read_small_file, require_writable
+from ktt_core.environment import (
+    SMALL_FILE_LIMIT,
+    check_url,
+    read_small_file,
+    require_writable,
+)
 from ktt_core.errors import KttError
 
 
@@ -56,7 +61,7 @@ def ws(template, tmp_path) -> Path:
 
 
 def run_dir(workspace: Path) -> Path:
-    return sorted((workspace / "runs" / "db_linear" / "shop").iterdir())[-1]
+    return max((workspace / "runs" / "db_linear" / "shop").iterdir())
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -67,7 +72,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def ktt_process(workspace: Path, *args, prefix=(), preexec_fn=None) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, "-m", "ktt_core", "--workspace", str(workspace), *map(str, args)],
-                          capture_output=True, text=True, preexec_fn=preexec_fn)
+                          capture_output=True, text=True, preexec_fn=preexec_fn, check=False)
 
 
 def assert_one_line(done: subprocess.CompletedProcess, *needles: str) -> str:
