@@ -177,6 +177,7 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     """Import a file (CSV, TSV, JSON, JSONL, Parquet, Arrow) or a SQL query as dataset NAME."""
     from ktt_core.data import importers
     from ktt_core.data.datasets import write_dataset
+    from ktt_core.environment import check_url, require_writable
     from ktt_core.workspace import check_name
 
     if sql_url or query:
@@ -192,6 +193,9 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     check_name(name, "dataset")
     ratios = _parse_ratios(split_ratios)
     target = _workspace(ctx).datasets / name
+    if sql_url:
+        check_url(sql_url, "--sql-url")
+    require_writable(target.parent, f"datasets folder {target.parent}")  # before reading the source
     if use_dvc:
         _require_dvc(ctx)
     if target.exists() and not force:
@@ -376,12 +380,15 @@ def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, 
     """Evaluate a trained MODEL on DATASET's test split; prints and saves the metrics."""
     from ktt_core import jobs
 
-    metrics, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
-                               device, split_name, decoding, threshold)
-    if as_json:
-        click.echo(json.dumps(metrics, indent=2))
-    else:
-        _print_metrics(metrics, f"{model} on {dataset} ({split_name})")
+    def show(metrics: dict) -> None:  # before saving: a failed save must not lose them
+        if as_json:
+            click.echo(json.dumps(metrics, indent=2))
+        else:
+            _print_metrics(metrics, f"{model} on {dataset} ({split_name})")
+
+    _, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
+                         device, split_name, decoding, threshold, show=show)
+    if not as_json:
         click.echo(f"Saved to {saved}")
 
 

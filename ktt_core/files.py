@@ -6,6 +6,7 @@ would trust, and never destroys the previous version before the new one is compl
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -15,6 +16,30 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _naming_target(manager):
+    """Decorates a context manager taking ``target``: a failure of the machine (disk full,
+    read-only, a file size limit) that names no file or only a temporary one is re-raised
+    naming ``target``, so the CLI's one line (errors.environment_error) names the file the
+    user knows rather than ``.name.x1y2.tmp``."""
+    @functools.wraps(manager)
+    @contextlib.contextmanager
+    def wrapper(target, *args, **kwargs):
+        from ktt_core.errors import environment_error
+
+        target = Path(target)
+        try:
+            with manager(target, *args, **kwargs) as value:
+                yield value
+        except OSError as exc:
+            name = os.fsdecode(exc.filename) if exc.filename is not None else None
+            temporary = name is not None and name.startswith(str(target.parent / f".{target.name}."))
+            if environment_error(exc) is None or not (name is None or temporary):
+                raise
+            raise type(exc)(exc.errno, os.strerror(exc.errno), str(target)) from exc
+    return wrapper
+
+
+@_naming_target
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target``."""
@@ -54,6 +79,7 @@ def append_jsonl(target: Path | str, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
+@_naming_target
 @contextlib.contextmanager
 def atomic_directory(target: Path | str, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``target`` when the block succeeds.

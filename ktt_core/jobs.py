@@ -20,6 +20,7 @@ from ktt_core.contract import LabelledTexts
 from ktt_core.data.datasets import Dataset
 from ktt_core.decoding import MODES, decode_levels, describe_all
 from ktt_core.devices import resolve_device, seed_everything
+from ktt_core.environment import require_writable
 from ktt_core.errors import KttError
 from ktt_core.distributed import cluster_from_env
 from ktt_core.files import atomic_path, atomic_write_json
@@ -45,9 +46,14 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
     """
     if dvc:
         versioning.require_repo(ws.root)  # before any work
+    # A read-only workspace fails now, not after loading the data and the model.
+    if not dry_run and resume is None:
+        require_writable(ws.runs, f"runs folder {ws.runs}")
     saved = None
     if resume is not None:
         saved = open_run(ws, resume, spec.name, dataset_name)
+        if not dry_run:
+            require_writable(saved["directory"], f"--resume {resume}")
         config = resume_config(spec, saved, layers)
         if checkpoint_every is None:
             checkpoint_every = saved["settings"].get("checkpoint_every", 0)
@@ -206,9 +212,12 @@ def load_model(plugins, model_name: str, path: Path):
 
 
 def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
-         split_name: str = "test", decoding: str = "consistent", threshold: float | None = None
-         ) -> tuple[dict, Path]:
-    """Metrics of a trained model on a dataset split; saved beside the checkpoint."""
+         split_name: str = "test", decoding: str = "consistent", threshold: float | None = None,
+         show: Callable[[dict], None] | None = None) -> tuple[dict, Path]:
+    """Metrics of a trained model on a dataset split; saved beside the checkpoint.
+
+    ``show`` sees the metrics before they are saved: a read-only run folder or a full disk
+    then fails the save without losing what was computed."""
     plugins.model(model_name)  # an unknown model is named as such, not as a missing run
     dataset = Dataset(ws.dataset_dir(dataset_name))
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
@@ -232,6 +241,8 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
         ids = level_ids if mode == decoding else decode_levels(h, predictions, mode, threshold)
         metrics[f"consistency_rate_{mode.replace('-', '_')}"] = float(h.is_consistent(ids).mean())
     saved = path.parent / f"{split_name}_metrics.json"
+    if show is not None:
+        show(metrics)
     atomic_write_json(saved, metrics)
     return metrics, saved
 

@@ -199,9 +199,12 @@ def output_format(path) -> str:
 
 def check_output(output, source: TextSource) -> str:
     """The output format, after checking that writing ``output`` cannot replace the input."""
+    from ktt_core.environment import require_writable
+
     fmt = output_format(output)
     if Path(output).resolve() == source.path.resolve():
         raise KttError(f"{output}: the output would replace the input file; choose another --output")
+    require_writable(Path(output).parent, f"--output {output}")  # before the model loads
     return fmt
 
 

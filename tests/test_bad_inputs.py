@@ -7,6 +7,7 @@ entry to cases.yaml (and a data file, or a generator below for large or binary i
 """
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import traceback
@@ -235,13 +236,26 @@ def parquet_with_binary_label(folder: Path, workspace: Path) -> Path:
     return path
 
 
+def a_fifo(folder: Path, workspace: Path) -> Path:
+    """A named pipe with no writer: opening it to read would block forever."""
+    path = folder / "config.yaml"
+    os.mkfifo(path)
+    return path
+
+
+def config_over_1mb(folder: Path, workspace: Path) -> Path:
+    path = folder / "big-config.yaml"
+    path.write_text("# padding\n" * 110_000 + "epochs: 1\n", encoding="utf-8")
+    return path
+
+
 MAKERS = {f.__name__: f for f in (
     parquet_with_nan_text, a_directory, csv_100k_one_bad_row, csv_with_10mb_text, split_without_path_column,
     split_with_unknown_path, checkpoint_with_pickle_payload, legacy_checkpoint_with_pickle_payload,
     raw_pickle_with_payload, plain_torch_file, truncated_checkpoint, checkpoint_with_flipped_weight,
     checkpoint_with_bad_hierarchy, checkpoint_with_bad_config, checkpoint_with_bad_encoder_config,
     checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference, sqlite_shop,
-    parquet_with_list_text, parquet_with_binary_label)}
+    parquet_with_list_text, parquet_with_binary_label, a_fifo, config_over_1mb)}
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -23,11 +23,20 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
                bento: bool = False, build: bool = False, monitoring: bool = False,
                output=None) -> Iterator[str]:
     """Export one trained run; yields a line of report per artefact written."""
+    from ktt_core.environment import require_writable
     from ktt_core.jobs import load_model, resolve_checkpoint
 
     path = resolve_checkpoint(ws, model_name, dataset, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path)
     out = Path(output) if output else path.parent / "export"
+    # Before loading the model or writing anything: a folder that cannot be written, and a
+    # model name or dataset name that makes no valid BentoML tag.
+    if onnx or build or monitoring:
+        require_writable(out, f"--output {output}" if output else f"export folder {out}")
+    if bento:
+        from ktt_core.export.bento import model_tag_name
+
+        model_tag_name(model_name, dataset)
+    model = load_model(plugins, model_name, path)
     if onnx:
         written = export_with_hook(plugins, model, "onnx", out / "onnx")
         yield f"ONNX model written to {written} (ktt predict {model_name} {dataset} --onnx {written} TEXT)"

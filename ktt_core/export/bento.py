@@ -10,6 +10,7 @@ A stored model is a folder of plain files, never a pickled module:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,9 +21,32 @@ from ktt_core.files import sha256_file
 FORMAT = "ktt-bento-model"
 
 
+#: A BentoML tag name: lowercase letters, digits, '-', '_', '.', starting and ending with a
+#: letter or digit, at most 63 characters (bentoml._internal.tag).
+TAG_NAME = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
+TAG_MAX = 63
+
+
 def model_tag_name(model_name: str, dataset: str) -> str:
-    """The model store name of a model trained on a dataset (BentoML wants lowercase)."""
-    return f"ktt-{model_name}-{dataset}".lower()
+    """The model store name of a model trained on a dataset, made a valid BentoML tag.
+
+    Names KTT accepts may not be tags as they are (uppercase, a trailing '.', longer than
+    63 characters together): the name is lowercased, trimmed to end with a letter or digit,
+    and, when that changed more than the case or it is too long, shortened and given 8
+    hex digits of the full name's SHA-256, so two datasets never share a tag by accident.
+    Checked before anything is written (``ktt export --bento``, ``ktt serve``).
+    """
+    import hashlib
+
+    full = f"ktt-{model_name}-{dataset}"
+    name = re.sub(r"[^-._a-z0-9]", "-", full.lower()).strip("-._")
+    if name != full.lower() or len(name) > TAG_MAX:
+        digest = hashlib.sha256(full.encode("utf-8")).hexdigest()[:8]
+        name = f"{name[:TAG_MAX - 9].rstrip('-._')}-{digest}"
+    if not TAG_NAME.match(name):  # cannot happen for names check_name accepts; never a traceback
+        raise KttError(f"model {model_name!r} on dataset {dataset!r}: no valid BentoML tag can be made "
+                       f"from {full!r}")
+    return name
 
 
 def write_model_files(model, directory: Path) -> Path:

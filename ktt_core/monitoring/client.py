@@ -31,9 +31,11 @@ class MonitorClient:
     def __init__(self, url: str, queue_size: int = 1000, batch_size: int = 64, timeout: float = 2.0,
                  on_sent: Callable[[int], object] | None = None,
                  on_dropped: Callable[[int], object] | None = None, max_backoff: float = 5.0):
+        from ktt_core.environment import check_url
+
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be positive")
-        self.url = url.rstrip("/")
+        self.url = check_url(url, "drift monitor URL").rstrip("/")
         self.batch_size = batch_size
         self.timeout = timeout
         self.max_backoff = max_backoff

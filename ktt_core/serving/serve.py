@@ -11,7 +11,7 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
           monitoring: bool = False, monitor_port: int | None = None, echo: Callable = print) -> int:
     """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code."""
     from ktt_core.export import export_with_hook
-    from ktt_core.export.bento import save_model
+    from ktt_core.export.bento import model_tag_name, save_model
     from ktt_core.jobs import load_model, resolve_checkpoint
     from ktt_core.serving.launch import run_until_interrupted, start_service, stop_service, wait_ready
 
@@ -19,6 +19,7 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
     if not spec.service:
         raise KttError(f"plugin {spec.plugin} declares no BentoML service for {model_name}")
     path = resolve_checkpoint(ws, model_name, dataset, run_dir, checkpoint)
+    model_tag_name(model_name, dataset)  # a name that makes no BentoML tag fails before any export
     reference = path.parent / "reference.parquet"
     if monitoring and not reference.is_file():
         raise KttError(f"{path.parent}: no reference set for the drift monitor; "

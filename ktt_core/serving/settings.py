@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ktt_core.environment import check_url
 from ktt_core.errors import KttError
 
 
@@ -66,7 +67,7 @@ class ServiceSettings:
             max_top_k=env_int("KTT_MAX_TOP_K", 10),
             decoding=decoding,
             threshold=float(threshold) if threshold else None,
-            monitor_url=os.environ.get("KTT_MONITOR_URL", "").rstrip("/"),
+            monitor_url=check_url(os.environ.get("KTT_MONITOR_URL", ""), "KTT_MONITOR_URL").rstrip("/"),
             monitor_queue=env_int("KTT_MONITOR_QUEUE", 2000),
             torch_threads=env_int("KTT_TORCH_THREADS", 0, low=0),
         )
