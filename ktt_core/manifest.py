@@ -123,8 +123,12 @@ def check_replaceable(target: Path | str, force: bool = False) -> None:
     own = set(listed or ())
     foreign = [rel for rel in present if rel not in own]
     if foreign:
-        why = ("it is not a KTT export" if listed is None
-               else "it holds files the export did not write")
+        if listed is not None:
+            why = "it holds files the export did not write"
+        elif (target / "ktt.json").is_file():  # written before exports had manifests
+            why = "an export without manifest.json, so KTT cannot tell its files from yours; delete it to export again"
+        else:
+            why = "it is not a KTT export"
         raise KttError(f"{target}: {why} ({target / foreign[0]}); KTT never deletes files it did not write: "
                        "move them away or choose another --output")
     if force:
