@@ -178,7 +178,6 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     from ktt_core.data import importers
     from ktt_core.data.datasets import write_dataset
     from ktt_core.environment import check_url, require_writable
-    from ktt_core.workspace import check_name
 
     if sql_url or query:
         if not (sql_url and query):
@@ -190,9 +189,8 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
         raise KttError("expected SOURCE NAME (a file and a dataset name), or NAME with --sql-url/--query")
     else:
         source, name = args
-    check_name(name, "dataset")
+    target = _workspace(ctx).dataset_path(name)  # a plain name, kept inside the workspace
     ratios = _parse_ratios(split_ratios)
-    target = _workspace(ctx).datasets / name
     if sql_url:
         check_url(sql_url, "--sql-url")
     require_writable(target.parent, f"datasets folder {target.parent}")  # before reading the source
@@ -471,8 +469,10 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
               help="With --bento: also write docker-compose.yaml with the monitor, Prometheus and Grafana.")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Folder for the files written (default: RUN/export).")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier export that was changed since; files KTT did not write are never deleted.")
 @click.pass_context
-def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, monitoring, output):
+def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, monitoring, output, force):
     """Export a trained MODEL: --onnx, --bento (BentoML model store), --build (a Bento)."""
     from ktt_core import export as exporting
 
@@ -482,7 +482,7 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
         raise KttError("--build and --monitoring go with --bento")
     for line in exporting.export_run(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
                                      onnx=to_onnx, bento=to_bento, build=build, monitoring=monitoring,
-                                     output=output):
+                                     output=output, force=force):
         click.echo(line)
 
 

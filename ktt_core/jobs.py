@@ -211,6 +211,26 @@ def load_model(plugins, model_name: str, path: Path):
     return plugins.hook.ktt_load_model(spec=spec, checkpoint=checkpoint)
 
 
+def check_trained_on(model, dataset_name: str, paths, where: str) -> None:
+    """Refuse a model that does not know every label path in ``paths`` (``where`` in dataset
+    ``dataset_name``): a checkpoint trained on another dataset, or before a re-import."""
+    known = {model.hierarchy.leaf_path(i) for i in range(model.hierarchy.n_leaves)}
+    unknown = sorted({tuple(p) for p in paths} - known)
+    if unknown:
+        raise KttError(f"dataset '{dataset_name}' {where} has {len(unknown)} label paths the model "
+                       f"was not trained on, e.g. {' > '.join(unknown[0])!r}")
+
+
+def check_named_checkpoint(ws: Workspace, model, dataset_name: str, run_dir, checkpoint) -> None:
+    """For ``--checkpoint`` / ``--run`` (which may hold a run of any dataset): the model must know
+    every label path of DATASET, as ``ktt test`` requires of its split. The latest run of
+    MODEL on DATASET is that dataset's by construction and is not checked."""
+    if not (run_dir or checkpoint):
+        return
+    h = Dataset(ws.dataset_dir(dataset_name)).hierarchy
+    check_trained_on(model, dataset_name, (h.leaf_path(i) for i in range(h.n_leaves)), "hierarchy")
+
+
 def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
          split_name: str = "test", decoding: str = "consistent", threshold: float | None = None,
          show: Callable[[dict], None] | None = None) -> tuple[dict, Path]:
@@ -223,10 +243,7 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
     model = load_model(plugins, model_name, path)
     df = dataset.split(split_name)
-    unknown = sorted({p for p in df["path"]} - {model.hierarchy.leaf_path(i) for i in range(model.hierarchy.n_leaves)})
-    if unknown:
-        raise KttError(f"dataset '{dataset_name}' {split_name} split has {len(unknown)} label paths the model "
-                       f"was not trained on, e.g. {' > '.join(unknown[0])!r}")
+    check_trained_on(model, dataset_name, df["path"], f"{split_name} split")
     data = LabelledTexts.from_paths(df["text"], df["path"], model.hierarchy)
     spec = plugins.model(model_name)
     predictions = score_and_decode(plugins, spec, model.to(resolve_device(device)), data)
@@ -256,7 +273,9 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
         if not text.strip():
             raise KttError(f"text {i} is empty")
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path).to(resolve_device(device))
+    model = load_model(plugins, model_name, path)
+    check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
+    model = model.to(resolve_device(device))
     predictions = score_and_decode(plugins, plugins.model(model_name), model, texts)
     return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
@@ -272,7 +291,9 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     source = TextSource(input_path, text_column, chunk_size)
     check_output(output_path, source)
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path).to(resolve_device(device))
+    model = load_model(plugins, model_name, path)
+    check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
+    model = model.to(resolve_device(device))
     spec = plugins.model(model_name)
 
     def predict_chunk(texts: list[str]) -> list[dict]:

@@ -148,6 +148,10 @@ def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: lis
          study_name: str | None = None, space_file: str | None = None, metric: str = "exact_path_accuracy",
          seed: int | None = None, pruner=None, echo: Callable = print) -> dict:
     """Run trials until the study holds ``trials`` of them (across all its processes)."""
+    study_name = study_name or f"{spec.name}-{dataset_name}"
+    # The study names a folder under runs/: check it (and the dataset) before any work or file.
+    out_dir = ws.resolve("runs", ("model", spec.name), ("dataset", dataset_name),
+                         ("study", study_name, "tune-"))
     layers = [*layers, ("--metric", {"monitor": metric})]  # validates the metric's name
     base = resolve_config(spec, layers)
     if space_file:
@@ -160,9 +164,7 @@ def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: lis
     if storage:
         check_url(storage, "--storage")
     storage = storage or f"sqlite:///{ws.root / 'tuning.db'}"
-    study_name = study_name or f"{spec.name}-{dataset_name}"
     study = open_study(storage, study_name, "minimize" if metric == "loss" else "maximize", seed, pruner)
-    out_dir = ws.runs / spec.name / dataset_name / f"tune-{study_name}"
     cache_dir = dataset.directory / "cache"
     # Models cache what they derive from texts (tokens, encoder features) under cache_dir,
     # so trials after the first reuse it.

@@ -249,13 +249,47 @@ def config_over_1mb(folder: Path, workspace: Path) -> Path:
     return path
 
 
+def dataset_linked_outside(folder: Path, workspace: Path) -> Path:
+    """datasets/linked: a symbolic link to a copy of 'shop' outside the workspace."""
+    outside = folder / "outside-shop"
+    shutil.copytree(workspace / "datasets" / "shop", outside)
+    (workspace / "datasets" / "linked").symlink_to(outside)
+    return outside
+
+
+def dataset_with_other_labels(folder: Path, workspace: Path) -> Path:
+    """datasets/other: the hierarchy of 'shop' with 'Food' renamed (a model of 'shop' does not know it)."""
+    other = workspace / "datasets" / "other"
+    shutil.copytree(workspace / "datasets" / "shop", other)
+    hierarchy = other / "hierarchy.json"
+    hierarchy.write_text(hierarchy.read_text(encoding="utf-8").replace('"Food"', '"Garage"'), encoding="utf-8")
+    return other
+
+
+def export_target_with_user_file(folder: Path, workspace: Path) -> Path:
+    """An --output folder whose onnx/ holds a file the user put there."""
+    (folder / "out" / "onnx").mkdir(parents=True)
+    (folder / "out" / "onnx" / "notes.txt").write_text("mine", encoding="utf-8")
+    return folder / "out"
+
+
+def onnx_export_with_edited_hierarchy(folder: Path, workspace: Path) -> Path:
+    """A real ONNX export of the trained run whose hierarchy.json was edited afterwards."""
+    _invoke(workspace, "export", "db_linear", "shop", "--onnx", "--output", folder / "exp")
+    hierarchy = folder / "exp" / "onnx" / "hierarchy.json"
+    hierarchy.write_text(hierarchy.read_text(encoding="utf-8").replace("Fruit", "Vegetable"), encoding="utf-8")
+    return folder / "exp" / "onnx"
+
+
 MAKERS = {f.__name__: f for f in (
     parquet_with_nan_text, a_directory, csv_100k_one_bad_row, csv_with_10mb_text, split_without_path_column,
     split_with_unknown_path, checkpoint_with_pickle_payload, legacy_checkpoint_with_pickle_payload,
     raw_pickle_with_payload, plain_torch_file, truncated_checkpoint, checkpoint_with_flipped_weight,
     checkpoint_with_bad_hierarchy, checkpoint_with_bad_config, checkpoint_with_bad_encoder_config,
     checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference, sqlite_shop,
-    parquet_with_list_text, parquet_with_binary_label, a_fifo, config_over_1mb)}
+    parquet_with_list_text, parquet_with_binary_label, a_fifo, config_over_1mb,
+    dataset_linked_outside, dataset_with_other_labels, export_target_with_user_file,
+    onnx_export_with_edited_hierarchy)}
 
 
 # -- checks -----------------------------------------------------------------------------------
