@@ -32,18 +32,17 @@ def server(trained):  # noqa: F811 - the fixture imported above
 
     port = free_port()
     log_path = trained.parent / "serve-abuse.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ktt_core", "--workspace", str(trained), "serve", MODEL, "shop",
-         "--host", "127.0.0.1", "--port", str(port), "--max-latency-ms", "60000"],  # queued, not refused
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url, timeout=240)
-        yield url, process, log_path
-    finally:
-        stop_service(process, grace=30)
-        log.close()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ktt_core", "--workspace", str(trained), "serve", MODEL, "shop",
+             "--host", "127.0.0.1", "--port", str(port), "--max-latency-ms", "60000"],  # queued, not refused
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_ready(process, url, timeout=240)
+            yield url, process, log_path
+        finally:
+            stop_service(process, grace=30)
 
 
 def tree_rss(pid: int) -> int:

@@ -186,4 +186,4 @@ class KttMonitor:
 
 
 # Oversized, non-JSON and abandoned requests are shed before they cost memory.
-guard(KttMonitor, max_request_bytes(MONITOR_MAX_REQUEST_BYTES))
+guard(KttMonitor, max_request_bytes(MONITOR_MAX_REQUEST_BYTES), setting="KTT_MAX_REQUEST_BYTES")

@@ -28,6 +28,7 @@ JSON_TYPE = "application/json"
 # The start of /readyz's 503 answer when the model failed to load (final, not "still starting");
 # :func:`ktt_core.serving.launch.wait_ready` stops waiting when it reads it.
 NOT_READY = "KTT: the model failed to load: "
+SERVE_SETTING = "KTT_MAX_REQUEST_BYTES, ktt serve --max-request-mb"
 
 
 def _error(status: int, message: str, close: bool = False) -> tuple[dict, dict]:
@@ -42,15 +43,15 @@ def _error(status: int, message: str, close: bool = False) -> tuple[dict, dict]:
 class RequestGuard:
     """Pure ASGI middleware (no buffering of its own beyond the cap); see the module docstring."""
 
-    def __init__(self, app, max_bytes: int, setting: str = "KTT_MAX_REQUEST_BYTES") -> None:
+    def __init__(self, app, max_bytes: int, setting: str = SERVE_SETTING) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.setting = setting
+        self.setting = setting  # where the limit is set, for the 413 message
         self.instance = os.environ.get("KTT_INSTANCE", "").encode()
 
     def _too_large(self, what: str) -> tuple[dict, dict]:
         return _error(413, f"request body {what} exceeds the limit of {self.max_bytes} bytes "
-                           f"({self.setting}, ktt serve --max-request-mb)", close=True)
+                           f"({self.setting})", close=True)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -75,7 +76,8 @@ class RequestGuard:
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if has_body and media_type != JSON_TYPE:
             await self._answer(send, _error(
-                415, f"Content-Type {media_type or '(none)'!r} is not supported; send {JSON_TYPE}",
+                415, f"{f'Content-Type {media_type!r}' if media_type else 'a body without Content-Type'} "
+                     f"is not supported; send {JSON_TYPE}",
                 close=length is None))  # a small body is drained by the server; a stream of unknown size is not
             return
 
@@ -89,7 +91,7 @@ class RequestGuard:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > self.max_bytes:  # a chunked body (or a lying client): cut at the cap
-                await self._answer(send, self._too_large("passed"))
+                await self._answer(send, self._too_large("(streamed)"))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -140,7 +142,7 @@ async def _note_hang_up(receive, where: str) -> None:
     task.cancel()
 
 
-def guard(service, max_bytes: int, setting: str = "KTT_MAX_REQUEST_BYTES"):
+def guard(service, max_bytes: int, setting: str = SERVE_SETTING):
     """Put :class:`RequestGuard` in front of a BentoML service (the one place it is added)."""
     service.add_asgi_middleware(RequestGuard, max_bytes=max_bytes, setting=setting)
     return service
