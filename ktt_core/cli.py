@@ -501,15 +501,18 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @click.option("--monitoring", is_flag=True, help="Also run the drift monitor and send it every prediction.")
 @click.option("--monitor-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the drift monitor (default: --port + 1).")
+@click.option("--max-request-mb", type=click.FloatRange(min=0.001, max=4096), default=None,
+              help="Largest request body in MB; larger ones get 413 (default 10, or KTT_MAX_REQUEST_BYTES).")
 @click.pass_context
 def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, max_batch_size, max_latency_ms,
-          monitoring, monitor_port):
+          monitoring, monitor_port, max_request_mb):
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
                          runtime=runtime, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
-                         monitoring=monitoring, monitor_port=monitor_port or port + 1, echo=click.echo)
+                         monitoring=monitoring, monitor_port=monitor_port or port + 1,
+                         max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None, echo=click.echo)
     sys.exit(code)
 
 
