@@ -253,6 +253,6 @@ def test_a_model_that_fails_to_load_is_not_ready_and_serve_says_why(trained, tmp
     assert done.returncode == 1, (done.stdout, done.stderr)
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: the service is not ready: the model failed to load: "), done.stderr
-    assert "checkpoint.pt" in error and "damaged" in error, error
+    assert "checkpoint.pt" in error and "does not match the stored model's manifest" in error, error
     assert "ready: POST" not in done.stdout
     assert "Traceback" not in done.stderr, done.stderr
