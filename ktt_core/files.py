@@ -41,11 +41,11 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 
 # A short tag of this machine: a PID is only meaningful on the host that wrote it (a
 # workspace on a shared file system may have writers on several hosts).
-_HOST = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}"
+HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}"
 
 
 def _temp_prefix(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}-{_HOST}."
+    return f".{target.name}.{os.getpid()}-{HOST_TAG}."
 
 
 def remove_stale_temps(target: Path | str) -> list[Path]:
@@ -58,7 +58,7 @@ def remove_stale_temps(target: Path | str) -> list[Path]:
     Returns what was removed.
     """
     target = Path(target)
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)-{_HOST}\.[A-Za-z0-9_]{{8}}\.(tmp|old)$")
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)-{HOST_TAG}\.[A-Za-z0-9_]{{8}}\.(tmp|old)$")
     removed = []
     try:
         entries = list(os.scandir(target.parent))
