@@ -175,9 +175,11 @@ def list_plugins(as_json):
 def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, query, depth,
             split_ratios, split_method, seed, keep_duplicates, drop_invalid, force, use_dvc):
     """Import a file (CSV, TSV, JSON, JSONL, Parquet, Arrow) or a SQL query as dataset NAME."""
+    from ktt_core import versioning
     from ktt_core.data import importers
     from ktt_core.data.datasets import write_dataset
     from ktt_core.environment import check_url, require_writable
+    from ktt_core.locks import lock_dataset
 
     if sql_url or query:
         if not (sql_url and query):
@@ -206,8 +208,12 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     options = {"text": text_column, "labels": label_columns, "sep": sep, "depth": depth,
                "split_ratios": ratios, "split": split_method, "seed": seed,
                "keep_duplicates": keep_duplicates, "drop_invalid": drop_invalid, "query": query}
-    report = write_dataset(target, result, ratios=ratios, seed=seed, split=split_method,
-                           keep_duplicates=keep_duplicates, force=force, options=options)
+    # The source is read without the lock (reading writes nothing); the folder is written (or
+    # replaced) and tracked under it, and write_dataset checks again that it may write.
+    with lock_dataset(_workspace(ctx), name):
+        report = write_dataset(target, result, ratios=ratios, seed=seed, split=split_method,
+                               keep_duplicates=keep_duplicates, force=force, options=options)
+        tracked = versioning.track(_workspace(ctx).root, [target]) if use_dvc else None
     click.echo(f"Imported '{name}' from {result.source} into {target}")
     click.echo(f"  rows read: {report.rows_read}, kept: {report.kept}")
     for why, n in report.dropped.items():
@@ -230,10 +236,8 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     if empty:
         click.echo(f"  note: no {' and no '.join(empty)} rows; training needs both "
                    "(import more rows or change --split-ratios)")
-    if use_dvc:
-        from ktt_core import versioning
-
-        click.echo(versioning.track(_workspace(ctx).root, [target]))
+    if tracked:
+        click.echo(tracked)
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:

@@ -2,6 +2,10 @@
 
 A crash or a bad row halfway through never leaves a truncated file that a later command
 would trust, and never destroys the previous version before the new one is complete.
+
+Temporary names carry the writer's process id and host (``.NAME.PID-HOST.XXXXXXXX.tmp``), so
+the temp of a writer that was killed (SIGKILL, power loss) is recognised and removed by the
+next write of the same target (:func:`remove_stale_temps`), instead of lying there forever.
 """
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -45,7 +52,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -54,6 +62,61 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# A short tag of this machine: a PID is only meaningful on the host that wrote it (a
+# workspace on a shared file system may have writers on several hosts).
+HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFF:06x}"
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-{HOST_TAG}."
+
+
+def remove_stale_temps(target: Path | str) -> list[Path]:
+    """Remove the temporaries of ``target`` left by KTT writers that are no longer running.
+
+    Only names of KTT's own pattern for this target (``.NAME.PID-HOST.XXXXXXXX.tmp`` or
+    ``.old``) written on this host by a process that has ended are touched; anything else,
+    a live writer's temp included, is kept. A ``.old`` folder (the previous version during
+    a swap) goes only when the target exists, since otherwise it holds the only copy.
+    Returns what was removed.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(\d+)-{HOST_TAG}\.[A-Za-z0-9_]{{8}}\.(tmp|old)$")
+    removed = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        if match.group(2) == "old" and not target.exists():
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            continue  # another writer removed it first, or it is not ours to remove
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or a number that is not a PID: leave it
+    return True
 
 
 def _umask() -> int:
@@ -88,12 +151,13 @@ def atomic_directory(target: Path | str, replace: bool = False) -> Iterator[Path
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if target.exists() and replace:
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)

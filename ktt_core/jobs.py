@@ -6,7 +6,9 @@ the model's framework.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 
 import torch
@@ -24,6 +26,7 @@ from ktt_core.environment import require_writable
 from ktt_core.errors import KttError
 from ktt_core.distributed import cluster_from_env
 from ktt_core.files import atomic_path, atomic_write_json
+from ktt_core.locks import lock_run
 from ktt_core.metrics import compute_metrics
 from ktt_core.plots import plot_training
 from ktt_core.registry import ModelSpec
@@ -36,6 +39,16 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
           dry_run: bool = False, reference: bool = False, echo: Callable = print,
           dvc: bool = False, resume: str | Path | None = None,
           checkpoint_every: int | None = None) -> Path | None:
+    """See :func:`_train`; the run folder's write lock (:func:`ktt_core.locks.lock_run`) is
+    held from when the folder is known until training ends, and released however it ends."""
+    with contextlib.ExitStack() as held:
+        return _train(ws, plugins, spec, dataset_name, layers, device, dry_run, reference, echo, dvc, resume,
+                      checkpoint_every, held)
+
+
+def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
+           dry_run: bool, reference: bool, echo: Callable, dvc: bool, resume: str | Path | None,
+           checkpoint_every: int | None, held: contextlib.ExitStack) -> Path | None:
     """Train ``spec`` on a dataset; returns the run folder (None for a dry run).
 
     Under torchrun every process runs this; rank 0 alone prints and writes files.
@@ -54,6 +67,13 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         saved = open_run(ws, resume, spec.name, dataset_name)
         if not dry_run:
             require_writable(saved["directory"], f"--resume {resume}")
+        if int(os.environ.get("RANK", "0")) == 0 and not dry_run:  # torchrun: rank 0 writes
+            # One resume of a run at a time: a second would train the same epochs again
+            # and interleave metrics.jsonl. Locked after the checks, then checked unchanged.
+            held.enter_context(lock_run(saved["directory"], ws))
+            if _stamp(saved["directory"] / "last.pt") != saved["stamp"]:
+                raise KttError(f"--resume {resume}: another ktt process trained this run meanwhile; "
+                               "run the command again to resume from where it stopped")
         config = resume_config(spec, saved, layers)
         if checkpoint_every is None:
             checkpoint_every = saved["settings"].get("checkpoint_every", 0)
@@ -100,6 +120,8 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         run_dir = saved["directory"]
     else:
         run_dir = cluster.broadcast(ws.new_run_dir(spec.name, dataset_name) if cluster.is_main else None)
+        if cluster.is_main:
+            held.enter_context(lock_run(run_dir, ws))
     if cluster.is_main:
         atomic_write_json(run_dir / "config.json", {"model": spec.name, "dataset": dataset_name,
                                                     "plugin": spec.plugin, "plugin_version": spec.plugin_version,
@@ -110,7 +132,11 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
                      checkpoint_every=checkpoint_every,
                      resume=saved["checkpoint"] if saved is not None else None,
                      plugins=plugins, workspace=ws, dataset=dataset_name)
-    history = plugins.hook.ktt_fit(spec=spec, model=model, train=train_split, val=val_split, run=run)
+    try:
+        history = plugins.hook.ktt_fit(spec=spec, model=model, train=train_split, val=val_split, run=run)
+    except KeyboardInterrupt:
+        say(interrupted_note(spec.name, dataset_name, run_dir))
+        raise
     if not cluster.is_main:
         return run_dir
     minutes = (time.perf_counter() - started) / 60
@@ -142,6 +168,7 @@ def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> di
     last = directory / "last.pt"
     if not last.is_file() and versioning.is_tracked(last):
         versioning.ensure_local(last, ws.root, what="checkpoint")
+    stamp = _stamp(last)  # before reading it: train() checks that it is the same under the lock
     if not last.is_file():
         finished = " (the run finished: models trained in one go keep only best.pt)" if (
             directory / "best.pt").is_file() else ""
@@ -161,7 +188,24 @@ def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> di
         raise KttError(f"{last}: checkpoint holds a {checkpoint['model']} model, not {model}")
     if not checkpoint.get("resume") or "epoch_done" not in checkpoint["training"]:
         raise KttError(f"{last}: checkpoint has no resume state (written by an older KTT); cannot resume from it")
-    return {"directory": directory, "settings": settings, "checkpoint": checkpoint}
+    return {"directory": directory, "settings": settings, "checkpoint": checkpoint, "stamp": stamp}
+
+
+def interrupted_note(model: str, dataset: str, run_dir: Path) -> str:
+    """What a Ctrl-C during training leaves: the last checkpoint written, and how to go on."""
+    if (run_dir / "last.pt").is_file():
+        return (f"interrupted: {run_dir} keeps its last checkpoint (last.pt); continue with: "
+                f"ktt train {model} {dataset} --resume {run_dir}")
+    return f"interrupted before the first checkpoint: {run_dir} holds nothing to resume from"
+
+
+def _stamp(path: Path) -> tuple:
+    """Identity of a file's current version (an atomic replace changes the inode)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return ()
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def resume_config(spec: ModelSpec, saved: dict, layers: list) -> dict:
@@ -260,7 +304,8 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
     saved = path.parent / f"{split_name}_metrics.json"
     if show is not None:
         show(metrics)
-    atomic_write_json(saved, metrics)
+    with lock_run(path.parent, ws):  # not while a training writes that run
+        atomic_write_json(saved, metrics)
     return metrics, saved
 
 

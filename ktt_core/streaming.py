@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 from ktt_core.data.importers import detect_format, iter_jsonl
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path
+from ktt_core.interrupts import keep_interrupts
 
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -130,14 +131,15 @@ def _values(path: Path, fmt: str, column: str, chunk_size: int) -> Iterator:
     """The cells of ``column`` one by one; the reader underneath reads ``chunk_size`` rows at a time."""
     readers = {"csv": _csv_values, "tsv": _csv_values, "jsonl": _jsonl_values,
                "parquet": _parquet_values, "arrow": _arrow_values}
-    try:
-        yield from readers[fmt](path, fmt, column, chunk_size)
-    except KttError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise KttError(f"{path}: not UTF-8 text: {_one_line(exc)}") from exc
-    except Exception as exc:  # noqa: BLE001 - each library raises its own types for bad files
-        raise KttError(f"{path}: cannot read as {fmt.upper()}: {_one_line(exc)}") from exc
+    with keep_interrupts():  # pandas' C parser would turn a Ctrl-C into a read error
+        try:
+            yield from readers[fmt](path, fmt, column, chunk_size)
+        except KttError:
+            raise
+        except UnicodeDecodeError as exc:
+            raise KttError(f"{path}: not UTF-8 text: {_one_line(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - each library raises its own types for bad files
+            raise KttError(f"{path}: cannot read as {fmt.upper()}: {_one_line(exc)}") from exc
 
 
 _SEPARATORS = {"csv": ",", "tsv": "\t"}

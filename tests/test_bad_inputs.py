@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from helpers import assert_clean_error
 
 from ktt_core.checkpoint import content_digest
 from ktt_core.cli import cli
+from ktt_core.files import HOST_TAG
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text(encoding="utf-8"))
@@ -281,6 +284,38 @@ def onnx_export_with_edited_hierarchy(folder: Path, workspace: Path) -> Path:
     return folder / "exp" / "onnx"
 
 
+def _dead_pid() -> int:
+    """The PID of a process that has ended (KTT's temporary names carry their writer's PID)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def killed_import_leftovers(folder: Path, workspace: Path) -> Path:
+    """What an import of 'shop' killed while writing leaves: its lock file, its temporary
+    folder and, when 'shop' exists (killed in a --force replace), the swapped-out version's
+    folder; returns a CSV to import."""
+    datasets, pid = workspace / "datasets", _dead_pid()
+    for suffix in ("tmp", "old") if (datasets / "shop").is_dir() else ("tmp",):
+        stale = datasets / f".shop.{pid}-{HOST_TAG}.k1ll3d00.{suffix}"
+        stale.mkdir(parents=True)
+        (stale / "train.parquet").write_bytes(b"PAR1 half written")
+    (datasets / ".shop.lock").write_text("")
+    path = folder / "products.csv"
+    pd.DataFrame({"title": ["basmati rice", "oat milk", "rye bread", "apple juice"],
+                  "category": ["Food > Grains", "Drinks > Plant milk", "Food > Bakery", "Drinks > Juice"]}
+                 ).to_csv(path, index=False)
+    return path
+
+
+def killed_test_leftovers(folder: Path, workspace: Path) -> Path:
+    """What a ``ktt test`` killed while saving its metrics leaves in the run: lock file and temp."""
+    run = _run_dir(workspace)
+    (run / ".lock").write_text("")
+    (run / f".test_metrics.json.{_dead_pid()}-{HOST_TAG}.k1ll3d00.tmp").write_text('{"half": ')
+    return run
+
+
 MAKERS = {f.__name__: f for f in (
     parquet_with_nan_text, a_directory, csv_100k_one_bad_row, csv_with_10mb_text, split_without_path_column,
     split_with_unknown_path, checkpoint_with_pickle_payload, legacy_checkpoint_with_pickle_payload,
@@ -289,7 +324,7 @@ MAKERS = {f.__name__: f for f in (
     checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference, sqlite_shop,
     parquet_with_list_text, parquet_with_binary_label, a_fifo, config_over_1mb,
     dataset_linked_outside, dataset_with_other_labels, export_target_with_user_file,
-    onnx_export_with_edited_hierarchy)}
+    onnx_export_with_edited_hierarchy, killed_import_leftovers, killed_test_leftovers)}
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ktt_core.errors import KttError
+from ktt_core.interrupts import keep_interrupts
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "arrow", "sql")
 
@@ -89,8 +90,14 @@ def read_table(path=None, *, fmt=None, encoding="utf-8", sql_url=None, query=Non
     """Read a whole file, or the result of ``query`` on ``sql_url``, into a DataFrame.
 
     ``fmt`` overrides detection from the file extension. CSV/TSV cells are read as strings,
-    with empty cells as NaN. ``encoding`` applies to CSV, TSV, JSON and JSONL.
+    with empty cells as NaN. ``encoding`` applies to CSV, TSV, JSON and JSONL. A Ctrl-C
+    while reading raises KeyboardInterrupt, never a read error (see ktt_core.interrupts).
     """
+    with keep_interrupts():
+        return _read_table(path, fmt=fmt, encoding=encoding, sql_url=sql_url, query=query)
+
+
+def _read_table(path, *, fmt, encoding, sql_url, query) -> pd.DataFrame:
     if sql_url is not None or query is not None or fmt == "sql":
         if path is not None:
             if sql_url is None and query is None:

@@ -41,6 +41,23 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
 
         model_tag_name(model_name, dataset)
     model = load_model(plugins, model_name, path)
+    with _run_lock(ws, path.parent, out):
+        yield from _export(plugins, model_name, dataset, model, path, out, onnx, bento, build, monitoring, force)
+
+
+def _run_lock(ws, run: Path, out: Path):
+    """The run's write lock when the export goes into the run folder (its default place)."""
+    import contextlib
+
+    from ktt_core.locks import lock_run
+
+    if out.resolve().is_relative_to(run.resolve()):
+        return lock_run(run, ws)
+    return contextlib.nullcontext()
+
+
+def _export(plugins, model_name, dataset, model, path: Path, out: Path, onnx, bento, build,
+            monitoring, force) -> Iterator[str]:
     if onnx:
         written = export_with_hook(plugins, model, "onnx", out / "onnx", force=force)
         yield f"ONNX model written to {written} (ktt predict {model_name} {dataset} --onnx {written} TEXT)"
