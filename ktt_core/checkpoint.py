@@ -95,6 +95,10 @@ class _Writer:
     def flush(self) -> None:
         self.fh.flush()
 
+    @property
+    def name(self) -> str:
+        return self.fh.name
+
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Read a checkpoint safely and verify its content hash.

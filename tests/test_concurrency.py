@@ -49,8 +49,11 @@ else:
     save = torch.save
     def pausing_save(obj, f, *args, **kwargs):
         save(obj, f, *args, **kwargs)
-        if Path(f).name.startswith(".last.pt."):
-            pause(str(f))
+        name = getattr(f, "name", f)  # a path, or the temporary file's handle
+        if Path(name).name.startswith(".last.pt."):
+            if hasattr(f, "flush"):
+                f.flush()
+            pause(str(name))
     torch.save = pausing_save
 
 from ktt_core.cli import main
