@@ -16,6 +16,7 @@ opened it just before), so two writers never both hold one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,12 @@ def _hold(path: Path, what: str, root: Path | None) -> Iterator[Path]:
     except Timeout:
         raise KttError(f"{what} is being written by another ktt process (lock {_shown(path, root)}); "
                        "try again when it ends") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        # A folder nobody may write needs no lock: the write itself then fails, naming its file.
+        yield path
+        return
     try:
         yield path
     finally:
