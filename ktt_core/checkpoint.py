@@ -66,9 +66,38 @@ def save_checkpoint(path: Path | str, model, optimizer_state: dict | None = None
         "resume": _to_cpu(resume_state),
     }
     payload["sha256"] = content_digest(payload)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        writer = _Writer(fh)
+        try:
+            torch.save(payload, writer)
+        except RuntimeError:
+            # torch reports a failed write (disk full, file size limit) as an opaque
+            # RuntimeError; raise the OSError underneath, which names the problem.
+            if writer.error is not None:
+                raise writer.error from None
+            raise
     return Path(path)
+
+
+class _Writer:
+    """A file for ``torch.save`` that keeps the OSError of a failed write."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    @property
+    def name(self) -> str:
+        return self.fh.name
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:

@@ -200,9 +200,11 @@ def list_plugins(as_json):
 def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, query, depth,
             split_ratios, split_method, seed, keep_duplicates, drop_invalid, force, use_dvc):
     """Import a file (CSV, TSV, JSON, JSONL, Parquet, Arrow) or a SQL query as dataset NAME."""
+    from ktt_core import versioning
     from ktt_core.data import importers
     from ktt_core.data.datasets import write_dataset
-    from ktt_core.workspace import check_name
+    from ktt_core.environment import check_url, require_writable
+    from ktt_core.locks import lock_dataset
 
     if sql_url or query:
         if not (sql_url and query):
@@ -214,9 +216,11 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
         raise KttError("expected SOURCE NAME (a file and a dataset name), or NAME with --sql-url/--query")
     else:
         source, name = args
-    check_name(name, "dataset")
+    target = _workspace(ctx).dataset_path(name)  # a plain name, kept inside the workspace
     ratios = _parse_ratios(split_ratios)
-    target = _workspace(ctx).datasets / name
+    if sql_url:
+        check_url(sql_url, "--sql-url")
+    require_writable(target.parent, f"datasets folder {target.parent}")  # before reading the source
     if use_dvc:
         _require_dvc(ctx)
     if target.exists() and not force:
@@ -229,8 +233,12 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     options = {"text": text_column, "labels": label_columns, "sep": sep, "depth": depth,
                "split_ratios": ratios, "split": split_method, "seed": seed,
                "keep_duplicates": keep_duplicates, "drop_invalid": drop_invalid, "query": query}
-    report = write_dataset(target, result, ratios=ratios, seed=seed, split=split_method,
-                           keep_duplicates=keep_duplicates, force=force, options=options)
+    # The source is read without the lock (reading writes nothing); the folder is written (or
+    # replaced) and tracked under it, and write_dataset checks again that it may write.
+    with lock_dataset(_workspace(ctx), name):
+        report = write_dataset(target, result, ratios=ratios, seed=seed, split=split_method,
+                               keep_duplicates=keep_duplicates, force=force, options=options)
+        tracked = versioning.track(_workspace(ctx).root, [target]) if use_dvc else None
     click.echo(f"Imported '{name}' from {result.source} into {target}")
     click.echo(f"  rows read: {report.rows_read}, kept: {report.kept}")
     for why, n in report.dropped.items():
@@ -253,10 +261,8 @@ def import_(ctx, args, text_column, label_columns, sep, fmt, encoding, sql_url, 
     if empty:
         click.echo(f"  note: no {' and no '.join(empty)} rows; training needs both "
                    "(import more rows or change --split-ratios)")
-    if use_dvc:
-        from ktt_core import versioning
-
-        click.echo(versioning.track(_workspace(ctx).root, [target]))
+    if tracked:
+        click.echo(tracked)
 
 
 def _parse_ratios(text: str) -> tuple[float, float, float]:
@@ -409,12 +415,15 @@ def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, 
     """Evaluate a trained MODEL on DATASET's test split; prints and saves the metrics."""
     from ktt_core import jobs
 
-    metrics, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
-                               device, split_name, decoding, threshold)
-    if as_json:
-        click.echo(json.dumps(metrics, indent=2))
-    else:
-        _print_metrics(metrics, f"{model} on {dataset} ({split_name})")
+    def show(metrics: dict) -> None:  # before saving: a failed save must not lose them
+        if as_json:
+            click.echo(json.dumps(metrics, indent=2))
+        else:
+            _print_metrics(metrics, f"{model} on {dataset} ({split_name})")
+
+    _, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
+                         device, split_name, decoding, threshold, show=show)
+    if not as_json:
         click.echo(f"Saved to {saved}")
 
 
@@ -502,8 +511,10 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
               help="With --bento: also write docker-compose.yaml with the monitor, Prometheus and Grafana.")
 @click.option("--output", type=click.Path(file_okay=False), default=None,
               help="Folder for the files written (default: RUN/export).")
+@click.option("--force", is_flag=True,
+              help="Replace an earlier export that was changed since; files KTT did not write are never deleted.")
 @click.pass_context
-def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, monitoring, output):
+def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, monitoring, output, force):
     """Export a trained MODEL: --onnx, --bento (BentoML model store), --build (a Bento)."""
     from ktt_core import export as exporting
 
@@ -513,7 +524,7 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
         raise KttError("--build and --monitoring go with --bento")
     for line in exporting.export_run(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
                                      onnx=to_onnx, bento=to_bento, build=build, monitoring=monitoring,
-                                     output=output):
+                                     output=output, force=force):
         click.echo(line)
 
 
@@ -532,15 +543,18 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @click.option("--monitoring", is_flag=True, help="Also run the drift monitor and send it every prediction.")
 @click.option("--monitor-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the drift monitor (default: --port + 1).")
+@click.option("--max-request-mb", type=click.FloatRange(min=0.001, max=4096), default=None,
+              help="Largest request body in MB; larger ones get 413 (default 10, or KTT_MAX_REQUEST_BYTES).")
 @click.pass_context
 def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, max_batch_size, max_latency_ms,
-          monitoring, monitor_port):
+          monitoring, monitor_port, max_request_mb):
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
                          runtime=runtime, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
-                         monitoring=monitoring, monitor_port=monitor_port or port + 1, echo=click.echo)
+                         monitoring=monitoring, monitor_port=monitor_port or port + 1,
+                         max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None, echo=click.echo)
     sys.exit(code)
 
 

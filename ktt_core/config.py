@@ -66,17 +66,17 @@ def defaults_for(spec: ModelSpec) -> dict[str, Any]:
     return {**COMMON_DEFAULTS, **base, **spec.defaults}
 
 
-def read_config_file(path: Path | str) -> dict[str, Any]:
-    """Read a JSON or YAML mapping of hyperparameters."""
+def read_config_file(path: Path | str, what: str = "config file") -> dict[str, Any]:
+    """Read a JSON or YAML mapping of hyperparameters (``--config``; ``--space`` as a search space file)."""
+    from ktt_core.environment import read_small_file
+
     path = Path(path)
+    # Not path.read_text: /dev/zero would be read until memory runs out, a FIFO would hang.
+    data = read_small_file(path, what)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise KttError(f"{path}: no such config file") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise KttError(f"{path}: config file is not UTF-8 text") from None
-    except OSError as exc:
-        raise KttError(f"{path}: cannot read the config file ({exc.strerror or type(exc).__name__})") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

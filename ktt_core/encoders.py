@@ -59,6 +59,32 @@ def load_pretrained(name: str, allow_download: bool = False):
     return encoder, tokenizer
 
 
+def max_tokens(encoder) -> int | None:
+    """Most tokens per text ``encoder`` can read (its position embeddings), None if unbounded.
+
+    RoBERTa-like encoders number positions from ``pad_token_id + 1``, so they read that
+    many fewer; encoders with relative positions only have no such limit.
+    """
+    config = encoder.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0 or getattr(config, "position_biased_input", True) is False:
+        return None
+    if "roberta" in config.model_type or config.model_type in ("camembert", "longformer", "ibert", "markuplm"):
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+def check_max_length(encoder, config: dict) -> None:
+    """KttError when ``max_length`` is above what the encoder reads: a longer text would
+    train (short texts) and then crash at prediction, so refuse before training (and in
+    ``--dry-run``, which builds the model too)."""
+    limit = max_tokens(encoder)
+    if limit is not None and config["max_length"] > limit:
+        raise KttError(f"max_length {config['max_length']} is above the {limit} tokens encoder "
+                       f"{config['encoder']} can read (max_position_embeddings); "
+                       f"use --set max_length={limit} or less")
+
+
 def encoder_from_config(config_json: str):
     """An encoder with the architecture in ``config_json`` and untrained weights (to load into)."""
     transformers = _quiet_transformers()

@@ -6,7 +6,9 @@ the model's framework.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 
 from pathlib import Path
@@ -17,8 +19,10 @@ from ktt_core.config import resolve_config
 from ktt_core.contract import LabelledTexts
 from ktt_core.data.datasets import Dataset
 from ktt_core.decoding import MODES, decode_levels, describe_all
+from ktt_core.environment import require_writable
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path, atomic_write_json
+from ktt_core.locks import lock_run
 from ktt_core.metrics import compute_metrics
 from ktt_core.plots import plot_training
 from ktt_core.registry import ModelSpec
@@ -32,6 +36,17 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
           dry_run: bool = False, reference: bool = False, echo: Callable = print,
           dvc: bool = False, resume: str | Path | None = None,
           checkpoint_every: int | None = None, keep_last: bool | None = None) -> Path | None:
+    """See :func:`_train`; the run folder's write lock (:func:`ktt_core.locks.lock_run`) is
+    held from when the folder is known until training ends, and released however it ends."""
+    with contextlib.ExitStack() as held:
+        return _train(ws, plugins, spec, dataset_name, layers, device, dry_run, reference, echo, dvc, resume,
+                      checkpoint_every, keep_last, held)
+
+
+def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
+           dry_run: bool, reference: bool, echo: Callable, dvc: bool, resume: str | Path | None,
+           checkpoint_every: int | None, keep_last: bool | None,
+           held: contextlib.ExitStack) -> Path | None:
     """Train ``spec`` on a dataset; returns the run folder (None for a dry run).
 
     Under torchrun every process runs this; rank 0 alone prints and writes files.
@@ -43,9 +58,21 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
     """
     if dvc:
         versioning.require_repo(ws.root)  # before any work
+    # A read-only workspace fails now, not after loading the data and the model.
+    if not dry_run and resume is None:
+        require_writable(ws.runs, f"runs folder {ws.runs}")
     saved = None
     if resume is not None:
         saved = open_run(ws, resume, spec.name, dataset_name)
+        if not dry_run:
+            require_writable(saved["directory"], f"--resume {resume}")
+        if int(os.environ.get("RANK", "0")) == 0 and not dry_run:  # torchrun: rank 0 writes
+            # One resume of a run at a time: a second would train the same epochs again
+            # and interleave metrics.jsonl. Locked after the checks, then checked unchanged.
+            held.enter_context(lock_run(saved["directory"], ws))
+            if _stamp(saved["directory"] / "last.pt") != saved["stamp"]:
+                raise KttError(f"--resume {resume}: another ktt process trained this run meanwhile; "
+                               "run the command again to resume from where it stopped")
         config = resume_config(spec, saved, layers)
         if checkpoint_every is None:
             checkpoint_every = saved["settings"].get("checkpoint_every", 0)
@@ -105,6 +132,8 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
         run_dir = saved["directory"]
     else:
         run_dir = cluster.broadcast(ws.new_run_dir(spec.name, dataset_name) if cluster.is_main else None)
+        if cluster.is_main:
+            held.enter_context(lock_run(run_dir, ws))
     if cluster.is_main:
         atomic_write_json(run_dir / "config.json", {"model": spec.name, "dataset": dataset_name,
                                                     "plugin": spec.plugin, "plugin_version": spec.plugin_version,
@@ -116,7 +145,11 @@ def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: li
                      checkpoint_every=checkpoint_every,
                      resume=saved["checkpoint"] if saved is not None else None,
                      plugins=plugins, workspace=ws, dataset=dataset_name)
-    history = plugins.hook.ktt_fit(spec=spec, model=model, train=train_split, val=val_split, run=run)
+    try:
+        history = plugins.hook.ktt_fit(spec=spec, model=model, train=train_split, val=val_split, run=run)
+    except KeyboardInterrupt:
+        say(interrupted_note(spec.name, dataset_name, run_dir))
+        raise
     if not cluster.is_main:
         return run_dir
     minutes = (time.perf_counter() - started) / 60
@@ -161,6 +194,7 @@ def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> di
     last = directory / "last.pt"
     if not last.is_file() and versioning.is_tracked(last):
         versioning.ensure_local(last, ws.root, what="checkpoint")
+    stamp = _stamp(last)  # before reading it: train() checks that it is the same under the lock
     if not last.is_file():
         finished = (" (the run finished and keeps only best.pt; train with --keep-last to resume a finished "
                     "run with more --epochs)") if (directory / "best.pt").is_file() else ""
@@ -182,7 +216,24 @@ def open_run(ws: Workspace, run_dir: str | Path, model: str, dataset: str) -> di
         raise KttError(f"{last}: checkpoint holds a {checkpoint['model']} model, not {model}")
     if not checkpoint.get("resume") or "epoch_done" not in checkpoint["training"]:
         raise KttError(f"{last}: checkpoint has no resume state (written by an older KTT); cannot resume from it")
-    return {"directory": directory, "settings": settings, "checkpoint": checkpoint}
+    return {"directory": directory, "settings": settings, "checkpoint": checkpoint, "stamp": stamp}
+
+
+def interrupted_note(model: str, dataset: str, run_dir: Path) -> str:
+    """What a Ctrl-C during training leaves: the last checkpoint written, and how to go on."""
+    if (run_dir / "last.pt").is_file():
+        return (f"interrupted: {run_dir} keeps its last checkpoint (last.pt); continue with: "
+                f"ktt train {model} {dataset} --resume {run_dir}")
+    return f"interrupted before the first checkpoint: {run_dir} holds nothing to resume from"
+
+
+def _stamp(path: Path) -> tuple:
+    """Identity of a file's current version (an atomic replace changes the inode)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return ()
+    return info.st_ino, info.st_size, info.st_mtime_ns
 
 
 def resume_config(spec: ModelSpec, saved: dict, layers: list) -> dict:
@@ -234,19 +285,39 @@ def load_model(plugins, model_name: str, path: Path):
     return plugins.hook.ktt_load_model(spec=spec, checkpoint=checkpoint)
 
 
+def check_trained_on(model, dataset_name: str, paths, where: str) -> None:
+    """Refuse a model that does not know every label path in ``paths`` (``where`` in dataset
+    ``dataset_name``): a checkpoint trained on another dataset, or before a re-import."""
+    known = {model.hierarchy.leaf_path(i) for i in range(model.hierarchy.n_leaves)}
+    unknown = sorted({tuple(p) for p in paths} - known)
+    if unknown:
+        raise KttError(f"dataset '{dataset_name}' {where} has {len(unknown)} label paths the model "
+                       f"was not trained on, e.g. {' > '.join(unknown[0])!r}")
+
+
+def check_named_checkpoint(ws: Workspace, model, dataset_name: str, run_dir, checkpoint) -> None:
+    """For ``--checkpoint`` / ``--run`` (which may hold a run of any dataset): the model must know
+    every label path of DATASET, as ``ktt test`` requires of its split. The latest run of
+    MODEL on DATASET is that dataset's by construction and is not checked."""
+    if not (run_dir or checkpoint):
+        return
+    h = Dataset(ws.dataset_dir(dataset_name)).hierarchy
+    check_trained_on(model, dataset_name, (h.leaf_path(i) for i in range(h.n_leaves)), "hierarchy")
+
+
 def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
-         split_name: str = "test", decoding: str = "consistent", threshold: float | None = None
-         ) -> tuple[dict, Path]:
-    """Metrics of a trained model on a dataset split; saved beside the checkpoint."""
+         split_name: str = "test", decoding: str = "consistent", threshold: float | None = None,
+         show: Callable[[dict], None] | None = None) -> tuple[dict, Path]:
+    """Metrics of a trained model on a dataset split; saved beside the checkpoint.
+
+    ``show`` sees the metrics before they are saved: a read-only run folder or a full disk
+    then fails the save without losing what was computed."""
     plugins.model(model_name)  # an unknown model is named as such, not as a missing run
     dataset = Dataset(ws.dataset_dir(dataset_name))
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
     model = load_model(plugins, model_name, path)
     df = dataset.split(split_name)
-    unknown = sorted({p for p in df["path"]} - {model.hierarchy.leaf_path(i) for i in range(model.hierarchy.n_leaves)})
-    if unknown:
-        raise KttError(f"dataset '{dataset_name}' {split_name} split has {len(unknown)} label paths the model "
-                       f"was not trained on, e.g. {' > '.join(unknown[0])!r}")
+    check_trained_on(model, dataset_name, df["path"], f"{split_name} split")
     data = LabelledTexts.from_paths(df["text"], df["path"], model.hierarchy)
     spec = plugins.model(model_name)
     predictions = score_and_decode(plugins, spec, model.to(_device(device)), data)
@@ -261,7 +332,10 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
         ids = level_ids if mode == decoding else decode_levels(h, predictions, mode, threshold)
         metrics[f"consistency_rate_{mode.replace('-', '_')}"] = float(h.is_consistent(ids).mean())
     saved = path.parent / f"{split_name}_metrics.json"
-    atomic_write_json(saved, metrics)
+    if show is not None:
+        show(metrics)
+    with lock_run(path.parent, ws):  # not while a training writes that run
+        atomic_write_json(saved, metrics)
     return metrics, saved
 
 
@@ -274,7 +348,9 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
         if not text.strip():
             raise KttError(f"text {i} is empty")
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path).to(_device(device))
+    model = load_model(plugins, model_name, path)
+    check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
+    model = model.to(_device(device))
     predictions = score_and_decode(plugins, plugins.model(model_name), model, texts)
     return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
@@ -291,7 +367,9 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     source = TextSource(input_path, text_column, chunk_size, keep)
     check_output(output_path, source)
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path).to(_device(device))
+    model = load_model(plugins, model_name, path)
+    check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
+    model = model.to(_device(device))
     spec = plugins.model(model_name)
 
     def predict_chunk(texts: list[str]) -> list[dict]:

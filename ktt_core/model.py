@@ -157,9 +157,10 @@ class EncoderModel(nn.Module, Model):
 
     @classmethod
     def build(cls, spec, hierarchy: Hierarchy, config: dict[str, Any]) -> "EncoderModel":
-        from ktt_core.encoders import load_pretrained
+        from ktt_core.encoders import check_max_length, load_pretrained
 
         encoder, tokenizer = load_pretrained(config["encoder"], config["allow_download"])
+        check_max_length(encoder, config)
         head = make_head(spec, hierarchy, config, encoder.config.hidden_size)
         return cls(spec.name, hierarchy, config, encoder, tokenizer, head)
 

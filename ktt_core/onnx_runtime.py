@@ -48,33 +48,52 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
+def read_export_info(directory: Path, fmt: str, schema: dict) -> dict:
+    """``ktt.json`` of the export in ``directory``, once the export's manifest has verified every
+    file of the folder (:func:`ktt_core.manifest.verify_manifest`) and the fields their types.
+
+    The one gate of every ONNX load: KttError (one line) names the folder, the file changed,
+    missing or added since the export, or the malformed field.
+    """
+    from ktt_core.manifest import verify_manifest
+    from ktt_core.schemas import validate
+
+    info_path = directory / "ktt.json"
+    if not directory.is_dir():
+        raise KttError(f"{directory}: no such folder (export one with ktt export MODEL DATASET --onnx)")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KttError(f"{info_path}: no such file; {directory} is not a KTT ONNX export "
+                       "(ktt export MODEL DATASET --onnx)") from None
+    except (OSError, ValueError) as exc:
+        raise KttError(f"{info_path}: cannot read it ({_one_line(exc)})") from None
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise KttError(f"{info_path}: not a KTT ONNX export (format {found!r}, expected {fmt!r})")
+    version = info.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise KttError(f"{info_path}: version {version!r} is not one this KTT reads ({FORMAT_VERSION}); "
+                       "upgrade KTT or export again")
+    verify_manifest(directory, "export")
+    validate(info, schema, str(info_path))
+    return info
+
+
 class OnnxModel:
     """An exported model folder, checked and ready to predict with onnxruntime.
 
-    KttError (one line, naming the file) when ``ktt.json`` is missing or not a KTT ONNX
-    export, when ``model.onnx`` is missing or its sha256 differs from ``ktt.json`` (damaged
-    or replaced), or when the tokenizer, hierarchy or graph cannot be loaded.
+    KttError (one line, naming the file) when ``ktt.json`` is missing, not a KTT ONNX
+    export or has a malformed field, when any file differs from the export's manifest
+    (:func:`read_export_info`), or when the tokenizer, hierarchy or graph cannot be loaded.
     """
 
     def __init__(self, directory, providers: Sequence[str] | None = None, threads: int | None = None):
+        from ktt_core.schemas import ONNX_INFO_SCHEMA
+
         self.directory = directory = Path(directory)
         info_path = directory / "ktt.json"
-        if not directory.is_dir():
-            raise KttError(f"{directory}: no such folder (export one with ktt export MODEL DATASET --onnx)")
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise KttError(f"{info_path}: no such file; {directory} is not a KTT ONNX export "
-                           "(ktt export MODEL DATASET --onnx)") from None
-        except (OSError, ValueError) as exc:
-            raise KttError(f"{info_path}: cannot read it ({_one_line(exc)})") from None
-        if not isinstance(info, dict) or info.get("format") != FORMAT:
-            found = info.get("format") if isinstance(info, dict) else None
-            raise KttError(f"{info_path}: not a KTT ONNX export (format {found!r}, expected {FORMAT!r})")
-        version = info.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise KttError(f"{info_path}: version {version!r} is not one this KTT reads ({FORMAT_VERSION}); "
-                           "upgrade KTT or export again")
+        info = read_export_info(directory, FORMAT, ONNX_INFO_SCHEMA)
         self.inputs_kind = info.get("inputs_kind", "token_ids")
         try:
             self.name: str = str(info["model"])
@@ -219,12 +238,11 @@ class OnnxEnsemble:
 
     def __init__(self, directory, providers: Sequence[str] | None = None, threads: int | None = None):
         from ktt_core.ensemble import ENSEMBLE_FORMAT
+        from ktt_core.schemas import ENSEMBLE_INFO_SCHEMA
 
         self.directory = directory = Path(directory)
         info_path = directory / "ktt.json"
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("format") != ENSEMBLE_FORMAT:
-            raise KttError(f"{info_path}: not a KTT ensemble export")
+        info = read_export_info(directory, ENSEMBLE_FORMAT, ENSEMBLE_INFO_SCHEMA)
         try:
             self.name = str(info["model"])
             self.config = dict(info.get("config") or {})

@@ -87,6 +87,10 @@ def describe(error) -> str:
         return f"unknown field '{extra[0]}' (allowed: {allowed})" if extra else error.message
     if kind == "minItems":
         return "must not be empty" if expected == 1 else f"needs at least {expected} items"
+    if kind == "minLength":
+        return "must not be empty"
+    if kind == "pattern":
+        return f"{_short(value)} is not of the expected form ({expected})"
     if kind == "minimum":
         return f"must be at least {expected}, got {_short(value)}"
     if kind == "maximum":
@@ -118,3 +122,64 @@ def _short(value, limit: int = 60) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: ``ktt.json`` of an ONNX export (:mod:`ktt_core.export.onnx`, the TF-IDF plugin's export).
+#: Fields a plugin adds are allowed; the ones KTT reads are checked.
+ONNX_INFO_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "KTT ONNX export (ktt.json)",
+    "type": "object",
+    "required": ["format", "version", "model", "sha256"],
+    "properties": {
+        "format": {"const": "ktt-onnx"},
+        "version": {"type": "integer", "minimum": 1},
+        "model": {"type": "string", "minLength": 1},
+        "inputs_kind": {"enum": ["token_ids", "text"]},
+        "config": {"type": "object"},
+        "max_length": {"type": "integer", "minimum": 1},
+        "pad_token_id": {"type": "integer", "minimum": 0},
+        "truncation_side": {"enum": ["left", "right"]},
+        "inputs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "opset": {"type": "integer", "minimum": 1},
+    },
+    # Graphs over token ids truncate texts to max_length, so they must say it.
+    "if": {"not": {"required": ["inputs_kind"], "properties": {"inputs_kind": {"const": "text"}}}},
+    "then": {"required": ["max_length"]},
+}
+
+#: ``ktt.json`` of an ensemble's ONNX export (:meth:`ktt_core.ensemble.EnsembleModel.export`).
+ENSEMBLE_INFO_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "KTT ONNX ensemble export (ktt.json)",
+    "type": "object",
+    "required": ["format", "version", "model", "members", "weights", "combine"],
+    "properties": {
+        "format": {"const": "ktt-onnx-ensemble"},
+        "version": {"type": "integer", "minimum": 1},
+        "model": {"type": "string", "minLength": 1},
+        "config": {"type": "object"},
+        # A member folder is members/N inside the export, never a path elsewhere.
+        "members": {"type": "array", "minItems": 1,
+                    "items": {"type": "object", "required": ["folder"],
+                              "properties": {"folder": {"type": "string", "pattern": "^members/[0-9]+$"}}}},
+        "weights": {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": 0}},
+        "combine": {"enum": ["probability", "log"]},
+    },
+}
+
+#: ``ktt.json`` of a model in the BentoML model store (:mod:`ktt_core.export.bento`).
+BENTO_INFO_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "KTT BentoML model (ktt.json)",
+    "type": "object",
+    "required": ["format", "version", "model", "checkpoint_sha256"],
+    "properties": {
+        "format": {"const": "ktt-bento-model"},
+        "version": {"type": "integer", "minimum": 1},
+        "model": {"type": "string", "minLength": 1},
+        "checkpoint_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
+}

@@ -24,6 +24,13 @@ def mask_secrets(text: str) -> str:
     return _KEY_SECRET.sub(lambda m: m.group("head") + MASK, text)
 
 
+# A whole URL, as SQLAlchemy reads it: the password runs to the last '@' before the query,
+# so it may hold a '/', which the free-text rule above cannot tell from a path.
+_WHOLE_URL_PASSWORD = re.compile(r"^(?P<head>\s*[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@?#]*:)(?P<secret>[^\s?#]*)(?=@)")
+
+
 def mask_url(url: str | None) -> str | None:
     """A URL fit to show or store: its password (if any) replaced by ``***``."""
-    return None if url is None else mask_secrets(str(url))
+    if url is None:
+        return None
+    return mask_secrets(_WHOLE_URL_PASSWORD.sub(lambda m: m.group("head") + MASK, str(url), count=1))

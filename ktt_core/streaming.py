@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator
 from ktt_core.data.importers import detect_format, iter_jsonl
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path
+from ktt_core.interrupts import keep_interrupts
 
 INPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet", "arrow")
 OUTPUT_FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -166,14 +167,15 @@ def _values(path: Path, fmt: str, columns: list[str], chunk_size: int) -> Iterat
     underneath reads ``chunk_size`` rows at a time."""
     readers = {"csv": _csv_values, "tsv": _csv_values, "jsonl": _jsonl_values,
                "parquet": _parquet_values, "arrow": _arrow_values}
-    try:
-        yield from readers[fmt](path, fmt, columns, chunk_size)
-    except KttError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise KttError(f"{path}: not UTF-8 text: {_one_line(exc)}") from exc
-    except Exception as exc:  # noqa: BLE001 - each library raises its own types for bad files
-        raise KttError(f"{path}: cannot read as {fmt.upper()}: {_one_line(exc)}") from exc
+    with keep_interrupts():  # pandas' C parser would turn a Ctrl-C into a read error
+        try:
+            yield from readers[fmt](path, fmt, columns, chunk_size)
+        except KttError:
+            raise
+        except UnicodeDecodeError as exc:
+            raise KttError(f"{path}: not UTF-8 text: {_one_line(exc)}") from exc
+        except Exception as exc:  # noqa: BLE001 - each library raises its own types for bad files
+            raise KttError(f"{path}: cannot read as {fmt.upper()}: {_one_line(exc)}") from exc
 
 
 _SEPARATORS = {"csv": ",", "tsv": "\t"}
@@ -235,9 +237,12 @@ def output_format(path) -> str:
 
 def check_output(output, source: TextSource) -> str:
     """The output format, after checking that writing ``output`` cannot replace the input."""
+    from ktt_core.environment import require_writable
+
     fmt = output_format(output)
     if Path(output).resolve() == source.path.resolve():
         raise KttError(f"{output}: the output would replace the input file; choose another --output")
+    require_writable(Path(output).parent, f"--output {output}")  # before the model loads
     return fmt
 
 

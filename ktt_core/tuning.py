@@ -21,38 +21,96 @@ from ktt_core.config import defaults_for, read_config_file, resolve_config
 from ktt_core.contract import LabelledTexts
 from ktt_core.data.datasets import Dataset
 from ktt_core.devices import resolve_device, seed_everything
+from ktt_core.environment import check_url
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path, atomic_write_json
 from ktt_core.registry import ModelSpec
 from ktt_core.runs import RunContext
+from ktt_core.secrets import mask_url
 from ktt_core.workspace import Workspace
 
 DISTRIBUTIONS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
+#: Fields each type may have besides ``type`` and the required ones.
+OPTIONAL_FIELDS = {"float": ("log", "step"), "int": ("log", "step"), "categorical": ()}
 
 
 def validate_space(space, spec: ModelSpec, origin: str) -> dict:
-    """Check a search space against the model's hyperparameters; KttError names the key."""
+    """Check a search space against the model's hyperparameters, before any trial.
+
+    KttError names the key and the field: an unknown type or field, a bound that is not a
+    number of the key's type or outside the key's range, low >= high, ``log`` with
+    low <= 0, a step that is not positive, choices that are not a list of values of the
+    key. Returns the space with bounds as numbers (YAML reads ``1e-5`` as a string).
+    """
+    from ktt_core.config import coerce
+
     if not isinstance(space, dict) or not space:
         raise KttError(f"{origin}: a search space must be a non-empty mapping of key: distribution")
     known = defaults_for(spec)
+    checked = {}
     for key, dist in space.items():
         if key not in known:
             raise KttError(f"{origin}: '{key}' is not a hyperparameter of {spec.name}")
-        if not isinstance(dist, dict) or dist.get("type") not in DISTRIBUTIONS:
-            raise KttError(f"{origin}: '{key}' needs a type: float, int or categorical")
-        missing = [f for f in DISTRIBUTIONS[dist["type"]] if f not in dist]
+        kind = dist.get("type") if isinstance(dist, dict) else None
+        if not isinstance(kind, str) or kind not in DISTRIBUTIONS:
+            got = f" (got {kind!r})" if isinstance(dist, dict) and "type" in dist else ""
+            raise KttError(f"{origin}: '{key}' needs a type: float, int or categorical{got}")
+        missing = [f for f in DISTRIBUTIONS[kind] if f not in dist]
         if missing:
-            raise KttError(f"{origin}: '{key}' ({dist['type']}) needs {', '.join(missing)}")
-        if dist["type"] != "categorical" and not dist["low"] < dist["high"]:
-            raise KttError(f"{origin}: '{key}' needs low < high")
-    return space
+            raise KttError(f"{origin}: '{key}' ({kind}) needs {', '.join(missing)}")
+        allowed = ("type", *DISTRIBUTIONS[kind], *OPTIONAL_FIELDS[kind])
+        unknown = [f for f in dist if f not in allowed]
+        if unknown:
+            raise KttError(f"{origin}: '{key}' ({kind}) has unknown field {unknown[0]!r}; "
+                           f"fields: {', '.join(allowed)}")
+        where = f"{origin}: '{key}'"
+        if kind == "categorical":
+            choices = dist["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise KttError(f"{where} choices must be a non-empty list, got {choices!r}")
+            checked[key] = {"type": kind, "choices": [coerce(key, c, known[key], f"{where} choices", spec)
+                                                      for c in choices]}
+            continue
+        # Each bound must be a value the key accepts: its type (an int distribution gives
+        # integers) and its range (dropout below 1, a positive batch size, ...).
+        default = known[key]
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if not numeric:
+            raise KttError(f"{where} takes {type(default).__name__} values, not a range: use type categorical")
+        if kind == "float" and isinstance(default, int):
+            raise KttError(f"{where} takes integers: use type int")
+        bound_type = 0 if kind == "int" else default
+        low = coerce(key, dist["low"], bound_type, f"{where} low", spec)
+        high = coerce(key, dist["high"], bound_type, f"{where} high", spec)
+        if not low < high:
+            raise KttError(f"{where} needs low < high, got low {low!r} and high {high!r}")
+        out = {"type": kind, "low": low, "high": high}
+        log = dist.get("log", False)
+        if not isinstance(log, bool):
+            raise KttError(f"{where} log must be true or false, got {log!r}")
+        if log and low <= 0:
+            raise KttError(f"{where} log needs low > 0, got low {low!r}")
+        if "step" in dist:
+            step = dist["step"]
+            valid = (isinstance(step, int) if kind == "int" else isinstance(step, (int, float))) \
+                and not isinstance(step, bool) and 0 < step <= high - low
+            if not valid:
+                raise KttError(f"{where} step must be a positive {'integer' if kind == 'int' else 'number'} "
+                               f"up to high - low, got {step!r}")
+            if log:
+                raise KttError(f"{where} cannot have both log and step")
+            out["step"] = step
+        out["log"] = log
+        checked[key] = out
+    return checked
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
     params = {}
     for key, dist in space.items():
         if dist["type"] == "float":
-            params[key] = trial.suggest_float(key, dist["low"], dist["high"], log=dist.get("log", False))
+            params[key] = trial.suggest_float(key, dist["low"], dist["high"], log=dist.get("log", False),
+                                              step=dist.get("step"))
         elif dist["type"] == "int":
             params[key] = trial.suggest_int(key, dist["low"], dist["high"], step=dist.get("step", 1),
                                             log=dist.get("log", False))
@@ -80,7 +138,9 @@ def open_study(storage: str, name: str, direction: str, seed: int | None = None,
             if any(race in message for race in RACES) and attempt < 7:
                 time.sleep(0.3 + random.random())
                 continue
-            raise KttError(f"--storage {storage}: cannot open it ({' '.join(str(exc).split())[:200]})") from None
+            # The URL and the driver's message may hold the password: both are masked.
+            raise KttError(f"--storage {mask_url(storage)}: cannot open it "
+                           f"({mask_url(' '.join(str(exc).split()))[:200]})") from None
 
 
 def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, *, trials: int,
@@ -88,19 +148,23 @@ def tune(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: lis
          study_name: str | None = None, space_file: str | None = None, metric: str = "exact_path_accuracy",
          seed: int | None = None, pruner=None, echo: Callable = print) -> dict:
     """Run trials until the study holds ``trials`` of them (across all its processes)."""
+    study_name = study_name or f"{spec.name}-{dataset_name}"
+    # The study names a folder under runs/: check it (and the dataset) before any work or file.
+    out_dir = ws.resolve("runs", ("model", spec.name), ("dataset", dataset_name),
+                         ("study", study_name, "tune-"))
     layers = [*layers, ("--metric", {"monitor": metric})]  # validates the metric's name
     base = resolve_config(spec, layers)
     if space_file:
-        space = validate_space(read_config_file(space_file), spec, space_file)
+        space = validate_space(read_config_file(space_file, "search space file"), spec, space_file)
     else:
         space = validate_space({k: dict(v) for k, v in spec.search_space.items()}, spec,
                                f"search space of {spec.name}")
     dataset = Dataset(ws.dataset_dir(dataset_name))
     device = resolve_device(device)
+    if storage:
+        check_url(storage, "--storage")
     storage = storage or f"sqlite:///{ws.root / 'tuning.db'}"
-    study_name = study_name or f"{spec.name}-{dataset_name}"
     study = open_study(storage, study_name, "minimize" if metric == "loss" else "maximize", seed, pruner)
-    out_dir = ws.runs / spec.name / dataset_name / f"tune-{study_name}"
     cache_dir = dataset.directory / "cache"
     # Models cache what they derive from texts (tokens, encoder features) under cache_dir,
     # so trials after the first reuse it.

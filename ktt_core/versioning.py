@@ -95,11 +95,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _remote(repo) -> tuple[str, str] | None:
-    """(name, url) of the default remote, or None."""
+    """(name, url) of the default remote, or None; the url is for messages, password masked."""
+    from ktt_core.secrets import mask_url
+
     name = repo.config["core"].get("remote")
     if not name:
         return None
-    return name, str(repo.config["remote"].get(name, {}).get("url", "?"))
+    return name, mask_url(str(repo.config["remote"].get(name, {}).get("url", "?")))
 
 
 def _ignore_feature_cache(dvc_root: Path, ws_root: Path) -> None:

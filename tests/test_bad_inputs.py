@@ -7,8 +7,11 @@ entry to cases.yaml (and a data file, or a generator below for large or binary i
 """
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from helpers import assert_clean_error
 
 from ktt_core.checkpoint import content_digest
 from ktt_core.cli import cli
+from ktt_core.files import HOST_TAG
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text(encoding="utf-8"))
@@ -207,12 +211,120 @@ def checkpoint_of_another_model(folder: Path, workspace: Path) -> Path:
     return _forge(workspace, folder / "other-model.pt", lambda p: p.__setitem__("model", "db_bhcn"), rehash=True)
 
 
+def sqlite_shop(folder: Path, workspace: Path) -> Path:
+    """A real SQLite database of 24 products; the cases check it is left byte for byte."""
+    import sqlite3
+
+    path = folder / "shop.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE products (id INTEGER, title TEXT, category TEXT)")
+    con.executemany("INSERT INTO products VALUES (?, ?, ?)",
+                    [(i, f"{w} number {i}", c) for i, (w, c) in enumerate(
+                        [("apple", "Food > Fruit"), ("bread", "Food > Bakery"), ("rake", "Home > Garden")] * 8)])
+    con.commit()
+    con.close()
+    return path
+
+
+def parquet_with_list_text(folder: Path, workspace: Path) -> Path:
+    path = folder / "list_text.parquet"
+    pd.DataFrame({"title": [["basmati", "rice"], ["oat", "milk"]],
+                  "category": ["Food > Grains", "Drinks > Plant milk"]}).to_parquet(path)
+    return path
+
+
+def parquet_with_binary_label(folder: Path, workspace: Path) -> Path:
+    path = folder / "binary_label.parquet"
+    pd.DataFrame({"title": ["basmati rice", "oat milk"], "category": [b"Food > Grains", b"Drinks"]}).to_parquet(path)
+    return path
+
+
+def a_fifo(folder: Path, workspace: Path) -> Path:
+    """A named pipe with no writer: opening it to read would block forever."""
+    path = folder / "config.yaml"
+    os.mkfifo(path)
+    return path
+
+
+def config_over_1mb(folder: Path, workspace: Path) -> Path:
+    path = folder / "big-config.yaml"
+    path.write_text("# padding\n" * 110_000 + "epochs: 1\n", encoding="utf-8")
+    return path
+
+
+def dataset_linked_outside(folder: Path, workspace: Path) -> Path:
+    """datasets/linked: a symbolic link to a copy of 'shop' outside the workspace."""
+    outside = folder / "outside-shop"
+    shutil.copytree(workspace / "datasets" / "shop", outside)
+    (workspace / "datasets" / "linked").symlink_to(outside)
+    return outside
+
+
+def dataset_with_other_labels(folder: Path, workspace: Path) -> Path:
+    """datasets/other: the hierarchy of 'shop' with 'Food' renamed (a model of 'shop' does not know it)."""
+    other = workspace / "datasets" / "other"
+    shutil.copytree(workspace / "datasets" / "shop", other)
+    hierarchy = other / "hierarchy.json"
+    hierarchy.write_text(hierarchy.read_text(encoding="utf-8").replace('"Food"', '"Garage"'), encoding="utf-8")
+    return other
+
+
+def export_target_with_user_file(folder: Path, workspace: Path) -> Path:
+    """An --output folder whose onnx/ holds a file the user put there."""
+    (folder / "out" / "onnx").mkdir(parents=True)
+    (folder / "out" / "onnx" / "notes.txt").write_text("mine", encoding="utf-8")
+    return folder / "out"
+
+
+def onnx_export_with_edited_hierarchy(folder: Path, workspace: Path) -> Path:
+    """A real ONNX export of the trained run whose hierarchy.json was edited afterwards."""
+    _invoke(workspace, "export", "db_linear", "shop", "--onnx", "--output", folder / "exp")
+    hierarchy = folder / "exp" / "onnx" / "hierarchy.json"
+    hierarchy.write_text(hierarchy.read_text(encoding="utf-8").replace("Fruit", "Vegetable"), encoding="utf-8")
+    return folder / "exp" / "onnx"
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has ended (KTT's temporary names carry their writer's PID)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def killed_import_leftovers(folder: Path, workspace: Path) -> Path:
+    """What an import of 'shop' killed while writing leaves: its lock file, its temporary
+    folder and, when 'shop' exists (killed in a --force replace), the swapped-out version's
+    folder; returns a CSV to import."""
+    datasets, pid = workspace / "datasets", _dead_pid()
+    for suffix in ("tmp", "old") if (datasets / "shop").is_dir() else ("tmp",):
+        stale = datasets / f".shop.{pid}-{HOST_TAG}.k1ll3d00.{suffix}"
+        stale.mkdir(parents=True)
+        (stale / "train.parquet").write_bytes(b"PAR1 half written")
+    (datasets / ".shop.lock").write_text("")
+    path = folder / "products.csv"
+    pd.DataFrame({"title": ["basmati rice", "oat milk", "rye bread", "apple juice"],
+                  "category": ["Food > Grains", "Drinks > Plant milk", "Food > Bakery", "Drinks > Juice"]}
+                 ).to_csv(path, index=False)
+    return path
+
+
+def killed_test_leftovers(folder: Path, workspace: Path) -> Path:
+    """What a ``ktt test`` killed while saving its metrics leaves in the run: lock file and temp."""
+    run = _run_dir(workspace)
+    (run / ".lock").write_text("")
+    (run / f".test_metrics.json.{_dead_pid()}-{HOST_TAG}.k1ll3d00.tmp").write_text('{"half": ')
+    return run
+
+
 MAKERS = {f.__name__: f for f in (
     parquet_with_nan_text, a_directory, csv_100k_one_bad_row, csv_with_10mb_text, split_without_path_column,
     split_with_unknown_path, checkpoint_with_pickle_payload, legacy_checkpoint_with_pickle_payload,
     raw_pickle_with_payload, plain_torch_file, truncated_checkpoint, checkpoint_with_flipped_weight,
     checkpoint_with_bad_hierarchy, checkpoint_with_bad_config, checkpoint_with_bad_encoder_config,
-    checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference)}
+    checkpoint_of_another_model, reference_with_pickle_payload, pandas_pickle_reference, sqlite_shop,
+    parquet_with_list_text, parquet_with_binary_label, a_fifo, config_over_1mb,
+    dataset_linked_outside, dataset_with_other_labels, export_target_with_user_file,
+    onnx_export_with_edited_hierarchy, killed_import_leftovers, killed_test_leftovers)}
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -425,6 +425,8 @@ def test_bad_sql_query(tmp_path):
     message = error_of(read_table, sql_url=url, query="SELECT title FROM produkts")
     assert message == f"sql:{url}: query failed: no such table: produkts"
     message = error_of(read_table, sql_url=url, query="SELEC title FROM products")
+    assert message == f"sql:{url}: --query must be one SELECT statement; got SELEC"
+    message = error_of(read_table, sql_url=url, query="SELECT title FROM products WHERE WHERE")
     assert "query failed" in message and "syntax error" in message
 
 
@@ -562,3 +564,71 @@ def test_csv_round_trip_property(tmp_path, records):
     result = import_file(path, text_column="text", label_columns=["path"], sep=SEP)
     assert result.texts == texts
     assert result.paths == paths
+
+
+# -- values that are not text (issue 11, family 7) -----------------------------------------
+
+NOT_TEXT_CELLS = [({"name": "rice"}, "text is a JSON object, not text"), (["rice", "1kg"], "text is a list, not text"),
+                  (True, "text is a boolean (True), not text")]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+@pytest.mark.parametrize("cell, why", NOT_TEXT_CELLS, ids=["object", "list", "bool"])
+def test_json_text_cells_that_are_not_text_are_refused(tmp_path, fmt, cell, why):
+    records = [{"title": "Oat milk", "category": "Drinks"}, {"title": cell, "category": "Food"},
+               {"title": "Gouda", "category": "Food"}]
+    path = tmp_path / f"products.{fmt}"
+    if fmt == "json":
+        path.write_text(json.dumps(records))
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    message = error_of(import_file, path, text_column="title", label_columns=["category"])
+    assert message == f"{path}: row 2, column 'title': {why}"
+    result = import_file(path, text_column="title", label_columns=["category"], drop_invalid=True)
+    assert result.texts == ["Oat milk", "Gouda"] and result.source_rows == [1, 3]
+    assert result.dropped == {"value that is not text": 1}
+
+
+@pytest.mark.parametrize("column, why", [
+    (pa.array([["rice"], ["oat", "milk"], ["gouda"]]), "a list"),
+    (pa.array([{"n": "rice"}, {"n": "oat milk"}, {"n": "gouda"}]), "a JSON object"),
+    (pa.array([b"rice", b"oat milk", b"gouda"], pa.binary()), "bytes"),
+    (pa.array([True, False, True]), "a boolean (True)"),
+], ids=["list", "struct", "binary", "bool"])
+def test_parquet_text_columns_that_are_not_text_are_refused(tmp_path, column, why):
+    path = tmp_path / "products.parquet"
+    pq.write_table(pa.table({"title": column, "category": ["Food", "Drinks", "Food"]}), path)
+    message = error_of(import_file, path, text_column="title", label_columns=["category"])
+    assert message == f"{path}: row 1, column 'title': text is {why}, not text"
+
+
+def test_label_cells_that_are_not_labels_are_refused(tmp_path):
+    path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"title": ["rice", "milk"], "category": pa.array([b"Food", b"Drinks"], pa.binary())}), path)
+    assert error_of(import_file, path, text_column="title", label_columns=["category"]) == \
+        f"{path}: row 1, column 'category': label at level 1 is bytes, not a label"
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"title": "rice", "l1": "Food", "l2": "Grains"}\n{"title": "milk", "l1": "Drinks", "l2": false}\n'
+                    '{"title": "tea", "path": ["Drinks", true]}\n')
+    assert error_of(import_file, path, text_column="title", label_columns=["l1", "l2"]) == \
+        f"{path}: row 2, column 'l2': label at level 2 is a boolean (False), not a label"
+    df = pd.DataFrame({"title": ["tea"], "path": [["Drinks", True]]})
+    assert error_of(extract_records, df, text_column="title", label_columns=["path"]) == \
+        "input: row 1, column 'path': label at level 2 is a boolean (True), not a label"
+
+
+@pytest.mark.parametrize("cell, label", [("Food >", "'Food >'"), ("> Food", "'> Food'"),
+                                         ("Food > > Fruit", "'> Fruit' at level 2"),
+                                         ("Food > Fruit >", "'Fruit >' at level 2")])
+def test_separator_at_a_label_edge_is_refused(tmp_path, cell, label):
+    path = tmp_path / "edges.csv"
+    pd.DataFrame({"title": ["rice", "apple", "pear"], "category": ["Food > Grains", cell, "Food > Fruit"]}).to_csv(
+        path, index=False)
+    message = error_of(import_file, path, text_column="title", label_columns=["category"], sep=" > ")
+    assert message == f"{path}: row 2, column 'category': label {label} has the separator ' > ' at its edge"
+    result = import_file(path, text_column="title", label_columns=["category"], sep=" > ", drop_invalid=True)
+    assert result.paths == [("Food", "Grains"), ("Food", "Fruit")] and result.dropped == {"malformed label": 1}
+    # The same cell is one plain label when there is no separator, and ">" inside a label is fine.
+    assert import_file(path, text_column="title", label_columns=["category"]).paths[1] == (cell,)
+    assert extract_records(pd.DataFrame({"t": ["x"], "c": ["A>B > C"]}), text_column="t", label_columns=["c"],
+                           sep=" > ").paths == [("A>B", "C")]

@@ -408,7 +408,7 @@ def test_ktt_monitor_errors_are_one_line(ktt, trained_ws, tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         assert_clean_error(ktt("monitor", "db_linear", "shop", "--port", port, expect=None),
-                           f"cannot listen on 127.0.0.1:{port} for the drift monitor")
+                           f"port {port} on 127.0.0.1 is in use by another process; pick another with --port")
 
 
 def test_ktt_monitor_serves_until_stopped_and_the_client_survives(trained_ws, tmp_path):

@@ -79,7 +79,8 @@ def _torch_outputs(model, ids, mask) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("name", MODELS)
 def test_export_folder_and_graph_match_torch(exported, name):
     directory = exported["onnx"][name]
-    assert sorted(p.name for p in directory.iterdir()) == ["hierarchy.json", "ktt.json", "model.onnx", "tokenizer"]
+    assert sorted(p.name for p in directory.iterdir()) == ["hierarchy.json", "ktt.json", "manifest.json",
+                                                           "model.onnx", "tokenizer"]
     assert (directory / "tokenizer" / "tokenizer.json").is_file()
     assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")]  # no temporary left
     info = json.loads((directory / "ktt.json").read_text())
@@ -203,7 +204,7 @@ def test_damaged_or_mismatched_exports_are_refused(exported, tmp_path):
     data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
     model_file.write_bytes(bytes(data))
     assert_clean_error(ktt("predict", "db_linear", "shop", "edible apple", "--onnx", copy, expect=None),
-                       str(model_file), "hash")
+                       str(model_file), "SHA-256 does not match the export's manifest")
     with pytest.raises(KttError, match="model.onnx"):
         OnnxModel(copy)
 
@@ -232,13 +233,13 @@ def test_failed_verification_writes_nothing(exported, monkeypatch, tmp_path):
     plugins = Plugins()
     model = load_model(plugins, "db_linear", exported["runs"]["db_linear"] / "best.pt")
     target = tmp_path / "onnx"
-    target.mkdir()
-    (target / "keep.txt").write_text("previous export")
+    shutil.copytree(exported["onnx"]["db_linear"], target)  # a previous export
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
     monkeypatch.setattr(parity, "TOLERANCE", -1.0)  # nothing can pass
     with pytest.raises(KttError, match="onnxruntime differs from the model"):
         export_with_hook(plugins, model, "onnx", target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no temporary folder left
-    assert (target / "keep.txt").read_text() == "previous export"  # the old export untouched
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before  # the old export untouched
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")  # the exporter's own

@@ -289,9 +289,13 @@ def test_stored_model_holds_safe_files_and_refuses_a_pickle(trained, bento_env, 
     (tampered / "checkpoint.pt").write_bytes(pickle.dumps({"format": "ktt-checkpoint", "x": Bomb()}))
     with pytest.raises(KttError, match="checkpoint.pt"):
         load_predictor(tampered)
+    # Even with ktt.json and the manifest forged to match, the pickle is not unpickled.
+    from ktt_core.manifest import write_manifest
+
     info = json.loads((tampered / "ktt.json").read_text())
     info["checkpoint_sha256"] = __import__("hashlib").sha256((tampered / "checkpoint.pt").read_bytes()).hexdigest()
     (tampered / "ktt.json").write_text(json.dumps(info))
+    write_manifest(tampered, ignore=("model.yaml",))
     with pytest.raises(KttError, match="checkpoint.pt"):
         load_predictor(tampered)
     assert not marker.exists()

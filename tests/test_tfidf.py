@@ -125,7 +125,7 @@ def test_onnx_export_matches_and_runs_without_torch(ktt, shop, workspace, model,
     run = latest_run(workspace, model)
     ktt("export", model, "shop", "--onnx")
     folder = run / "export" / "onnx"
-    assert sorted(p.name for p in folder.iterdir()) == ["hierarchy.json", "ktt.json", "model.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["hierarchy.json", "ktt.json", "manifest.json", "model.onnx"]
     runtime = OnnxModel(folder)
     texts = ["household pan great", "edible juice", "Crème brûlée 製品", "unknownword", "42"]
     plugins = Plugins()

@@ -14,8 +14,9 @@ excluded) and the column where it applies.
 from __future__ import annotations
 
 import codecs
+import decimal
 import json
-import os
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ktt_core.errors import KttError
+from ktt_core.interrupts import keep_interrupts
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "arrow", "sql")
 
@@ -38,6 +40,7 @@ _EXTENSIONS = {
 }
 _FILE_FORMATS = "csv, tsv, json, jsonl, parquet, arrow"
 _SEQUENCES = (list, tuple, np.ndarray)
+_NUMBERS = (numbers.Real, decimal.Decimal)  # numpy's too; bool is refused before
 _MAX_LISTED_COLUMNS = 50
 
 #: Texts longer than this are kept but counted in the import report: models read only
@@ -50,6 +53,7 @@ MISSING_LABEL = "missing label"
 EMPTY_LEVEL = "empty label level"
 MALFORMED_LABEL = "malformed label"
 INVALID_UNICODE = "invalid Unicode"
+NOT_TEXT = "value that is not text"
 
 # Unpaired UTF-16 surrogates: JSON's "\ud800" escapes decode to them, and no file (UTF-8
 # Parquet included) can store them.
@@ -86,8 +90,14 @@ def read_table(path=None, *, fmt=None, encoding="utf-8", sql_url=None, query=Non
     """Read a whole file, or the result of ``query`` on ``sql_url``, into a DataFrame.
 
     ``fmt`` overrides detection from the file extension. CSV/TSV cells are read as strings,
-    with empty cells as NaN. ``encoding`` applies to CSV, TSV, JSON and JSONL.
+    with empty cells as NaN. ``encoding`` applies to CSV, TSV, JSON and JSONL. A Ctrl-C
+    while reading raises KeyboardInterrupt, never a read error (see ktt_core.interrupts).
     """
+    with keep_interrupts():
+        return _read_table(path, fmt=fmt, encoding=encoding, sql_url=sql_url, query=query)
+
+
+def _read_table(path, *, fmt, encoding, sql_url, query) -> pd.DataFrame:
     if sql_url is not None or query is not None or fmt == "sql":
         if path is not None:
             if sql_url is None and query is None:
@@ -250,47 +260,16 @@ def _read_arrow(path) -> pd.DataFrame:
 
 def sql_source_name(sql_url: str) -> str:
     """How a SQL source is named in messages: its URL with any password hidden."""
-    import sqlalchemy as sa
+    from ktt_core.data.sql import source_name
 
-    try:
-        return "sql:" + sa.engine.make_url(sql_url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "sql:?"
+    return source_name(sql_url)
 
 
 def _read_sql(sql_url, query) -> pd.DataFrame:
-    import sqlalchemy as sa
+    # Read-only by construction (ktt_core.data.sql): one query, never a write.
+    from ktt_core.data.sql import read_query
 
-    if not sql_url:
-        raise KttError("--query needs --sql-url (the database to run it on)")
-    try:
-        url = sa.engine.make_url(sql_url)
-    except sa.exc.ArgumentError as exc:
-        raise KttError(f"--sql-url {sql_url!r}: not a valid database URL "
-                       f"(expected e.g. sqlite:///shop.db): {_one_line(exc)}") from exc
-    name = sql_source_name(sql_url)
-    if query is None or not str(query).strip():
-        raise KttError(f"{name}: --query is required with --sql-url")
-    # SQLite would silently create a missing database file; a typo should be an error.
-    if (url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:"
-            and not url.database.startswith("file:") and not os.path.exists(url.database)):
-        raise KttError(f"{name}: no such database file '{url.database}'")
-    try:
-        engine = sa.create_engine(url)
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        raise KttError(f"{name}: cannot open the database: {_one_line(exc)}") from exc
-    try:
-        with engine.connect() as conn:
-            df = pd.read_sql_query(query, conn)
-    except sa.exc.DBAPIError as exc:
-        raise KttError(f"{name}: query failed: {_one_line(exc.orig)}") from exc
-    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError, ValueError, TypeError) as exc:
-        raise KttError(f"{name}: query failed: {_one_line(exc)}") from exc
-    finally:
-        engine.dispose()
-    if len(df) == 0:
-        raise KttError(f"{name}: the query returned no rows")
-    return df
+    return read_query(sql_url, query)
 
 
 def _decode_error(path, encoding: str, exc: UnicodeDecodeError) -> KttError:
@@ -479,9 +458,29 @@ def _is_missing(value) -> bool:
     return False
 
 
+def _kind_of(value) -> str:
+    """What a cell holds, for messages: "a JSON object", "a boolean (True)", "bytes", ..."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, _SEQUENCES):
+        return "a list"
+    if isinstance(value, (bool, np.bool_)):
+        return f"a boolean ({bool(value)})"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if isinstance(value, _NUMBERS):
+        return f"a number ({value})"
+    return f"a {type(value).__name__} value"
+
+
 def _text(value, column) -> str:
     if _is_missing(value):
         raise _Invalid(EMPTY_TEXT, "empty text", column)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, *_NUMBERS)):
+        # A JSON object, a list, a boolean or bytes in the text column (from JSON, Parquet,
+        # Arrow or SQL) is a wrong column or a broken export; its Python printout is not the
+        # text. A number is kept as its decimal text, as a CSV file reads it.
+        raise _Invalid(NOT_TEXT, f"text is {_kind_of(value)}, not text", column)
     text = (value if isinstance(value, str) else str(value)).strip()
     if not text:
         raise _Invalid(EMPTY_TEXT, "empty text", column)
@@ -496,14 +495,17 @@ def _check_unicode(value: str, column, what: str) -> None:
                                         f"{bad.start() + 1}, which is not valid Unicode", column)
 
 
-def _label_str(value) -> str:
+def _label_str(value, column=None, level: int = 1) -> str:
     """One label as text; integral floats lose their ``.0``.
 
     Integer ids read from a column with gaps come back as floats (3.0), and must name the
-    same class as the "3" read from a CSV file.
+    same class as the "3" read from a CSV file. Strings and numbers are labels; a boolean,
+    bytes or any other value is refused (its Python printout is not a label).
     """
     if isinstance(value, str):
         return value.strip()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, _NUMBERS):
+        raise _Invalid(NOT_TEXT, f"label at level {level} is {_kind_of(value)}, not a label", column)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value).strip()
@@ -523,6 +525,7 @@ def _levels_from_value(value, sep, column) -> tuple[str, ...]:
             items = _json_list(stripped, column)
         elif sep is not None:
             items = value.split(sep)
+            _check_separator_edges(items, sep, column)
         else:
             items = [stripped]
     elif isinstance(value, dict):
@@ -535,12 +538,28 @@ def _levels_from_value(value, sep, column) -> tuple[str, ...]:
     for level, item in enumerate(items, 1):
         if isinstance(item, (*_SEQUENCES, dict)):
             raise _Invalid(MALFORMED_LABEL, f"malformed label: level {level} is not a single label", column)
-        label = "" if _is_missing(item) else _label_str(item)
+        label = "" if _is_missing(item) else _label_str(item, column, level)
         if not label:
             raise _Invalid(EMPTY_LEVEL, f"empty label at level {level}", column)
         _check_unicode(label, column, f"label at level {level}")
         path.append(label)
     return tuple(path)
+
+
+def _check_separator_edges(items: list[str], sep: str, column) -> None:
+    """Refuse a label with the separator's visible part at an edge.
+
+    Split on " > ", "Food >" stays whole and "Food > > Fruit" gives "> Fruit": a label
+    that holds the separator, which no path written with it can name again.
+    """
+    core = sep.strip()
+    if not core:
+        return
+    for level, item in enumerate(items, 1):
+        label = item.strip()
+        if label.startswith(core) or label.endswith(core):
+            where = "" if len(items) == 1 else f" at level {level}"
+            raise _Invalid(MALFORMED_LABEL, f"label '{label}'{where} has the separator '{sep}' at its edge", column)
 
 
 def _json_list(text: str, column) -> list:
@@ -563,7 +582,7 @@ def _levels_from_cells(cells, columns) -> tuple[str, ...]:
         if isinstance(cell, (*_SEQUENCES, dict)):
             raise _Invalid(MALFORMED_LABEL, "malformed label: a list; with one column per level "
                                             "each cell must hold a single label", column)
-        labels.append("" if _is_missing(cell) else _label_str(cell))
+        labels.append("" if _is_missing(cell) else _label_str(cell, column, len(labels) + 1))
     end = len(labels)
     while end and not labels[end - 1]:
         end -= 1

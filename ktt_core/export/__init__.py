@@ -9,6 +9,10 @@
 The files of each format come from the ``ktt_export`` hook (by default the model's own
 ``export``); the core writes an ONNX folder whole or not at all, and only after the
 export scores probe texts as the model does (:mod:`ktt_core.export.parity`).
+
+Every folder written ends with ``manifest.json`` (:mod:`ktt_core.manifest`): loaders verify
+each file against it, and an export replaces a folder only when everything in it is KTT's
+(``--force`` for an export that was changed; files KTT did not write are never deleted).
 """
 from __future__ import annotations
 
@@ -16,20 +20,46 @@ from pathlib import Path
 from typing import Iterator
 
 from ktt_core.errors import KttError
-from ktt_core.files import atomic_directory
+from ktt_core.manifest import export_directory, write_manifest
 
 
 def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, onnx: bool = False,
                bento: bool = False, build: bool = False, monitoring: bool = False,
-               output=None) -> Iterator[str]:
+               output=None, force: bool = False) -> Iterator[str]:
     """Export one trained run; yields a line of report per artefact written."""
+    from ktt_core.environment import require_writable
     from ktt_core.jobs import load_model, resolve_checkpoint
 
     path = resolve_checkpoint(ws, model_name, dataset, run_dir, checkpoint)
-    model = load_model(plugins, model_name, path)
     out = Path(output) if output else path.parent / "export"
+    # Before loading the model or writing anything: a folder that cannot be written, and a
+    # model name or dataset name that makes no valid BentoML tag.
+    if onnx or build or monitoring:
+        require_writable(out, f"--output {output}" if output else f"export folder {out}")
+    if bento:
+        from ktt_core.export.bento import model_tag_name
+
+        model_tag_name(model_name, dataset)
+    model = load_model(plugins, model_name, path)
+    with _run_lock(ws, path.parent, out):
+        yield from _export(plugins, model_name, dataset, model, path, out, onnx, bento, build, monitoring, force)
+
+
+def _run_lock(ws, run: Path, out: Path):
+    """The run's write lock when the export goes into the run folder (its default place)."""
+    import contextlib
+
+    from ktt_core.locks import lock_run
+
+    if out.resolve().is_relative_to(run.resolve()):
+        return lock_run(run, ws)
+    return contextlib.nullcontext()
+
+
+def _export(plugins, model_name, dataset, model, path: Path, out: Path, onnx, bento, build,
+            monitoring, force) -> Iterator[str]:
     if onnx:
-        written = export_with_hook(plugins, model, "onnx", out / "onnx")
+        written = export_with_hook(plugins, model, "onnx", out / "onnx", force=force)
         yield f"ONNX model written to {written} (ktt predict {model_name} {dataset} --onnx {written} TEXT)"
     if bento:
         from ktt_core.export import bento as bentos
@@ -38,31 +68,33 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
         tag = bentos.save_model(plugins, model, path, dataset, include_onnx=out / "onnx" if onnx else None)
         yield f"BentoML model saved: {tag} (ktt serve {model_name} {dataset})"
         if build:
-            yield f"Bento built: {bentos.build(spec, tag, out / 'bento')} (bentoml containerize it)"
+            yield f"Bento built: {bentos.build(spec, tag, out / 'bento', force)} (bentoml containerize it)"
         if monitoring:
             from ktt_core.export.compose import write_compose
 
             reference = path.parent / "reference.parquet"
             if not reference.is_file():
                 raise KttError(f"{path.parent}: no reference set for the monitor; train with --reference")
-            yield f"docker-compose stack written to {write_compose(spec, tag, out / 'compose', reference)}"
+            yield f"docker-compose stack written to {write_compose(spec, tag, out / 'compose', reference, force)}"
 
 
-def export_with_hook(plugins, model, fmt: str, directory: Path) -> Path:
+def export_with_hook(plugins, model, fmt: str, directory: Path, force: bool = False) -> Path:
     """Export ``model`` as ``fmt`` into ``directory`` through the ``ktt_export`` hook.
 
     The folder appears whole and checked, or not at all: it is written beside the target,
-    an ONNX export must pass :func:`ktt_core.export.parity.check_onnx_parity`, and only then
-    does it replace the target.
+    gets its manifest, an ONNX export must pass :func:`ktt_core.export.parity.check_onnx_parity`
+    (loaded as users load it, manifest verified), and only then does it replace the target,
+    which :func:`ktt_core.manifest.check_replaceable` first checks holds only KTT's files.
     """
     from ktt_core.export.parity import check_onnx_parity
 
     spec = plugins.model(model.name)
     directory = Path(directory)
-    with atomic_directory(directory, replace=True) as tmp:
+    with export_directory(directory, force) as tmp:
         written = plugins.hook.ktt_export(spec=spec, model=model, fmt=fmt, directory=tmp)
         if written is None:
             raise KttError(f"no installed plugin exports {model.name} as {fmt}")
         if fmt == "onnx":
+            write_manifest(tmp)
             check_onnx_parity(plugins, spec, model, tmp)
     return directory

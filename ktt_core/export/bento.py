@@ -5,24 +5,53 @@ A stored model is a folder of plain files, never a pickled module:
 - ``checkpoint.pt``: the KTT checkpoint (tensors and strings only, read with
   ``weights_only=True``, hash-checked), ``hierarchy.json`` and ``ktt.json`` (what it is);
 - ``reference.parquet``: the run's drift reference set, when it has one;
-- ``onnx/``: the ONNX export, when ``--onnx`` was exported too (``ktt serve --runtime onnx``).
+- ``onnx/``: the ONNX export, when ``--onnx`` was exported too (``ktt serve --runtime onnx``);
+- ``manifest.json``: the SHA-256 of each of these files, written last and verified by
+  :func:`load_predictor` before anything is loaded (BentoML's own ``model.yaml`` aside).
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 from ktt_core.errors import KttError
 from ktt_core.files import sha256_file
+from ktt_core.manifest import export_directory, verify_manifest, write_manifest
 
 FORMAT = "ktt-bento-model"
+#: The file BentoML writes into a stored model's folder itself (not KTT's, not in the manifest).
+BENTOML_FILES = ("model.yaml",)
+
+
+#: A BentoML tag name: lowercase letters, digits, '-', '_', '.', starting and ending with a
+#: letter or digit, at most 63 characters (bentoml._internal.tag).
+TAG_NAME = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
+TAG_MAX = 63
 
 
 def model_tag_name(model_name: str, dataset: str) -> str:
-    """The model store name of a model trained on a dataset (BentoML wants lowercase)."""
-    return f"ktt-{model_name}-{dataset}".lower()
+    """The model store name of a model trained on a dataset, made a valid BentoML tag.
+
+    Names KTT accepts may not be tags as they are (uppercase, a trailing '.', longer than
+    63 characters together): the name is lowercased, trimmed to end with a letter or digit,
+    and, when that changed more than the case or it is too long, shortened and given 8
+    hex digits of the full name's SHA-256, so two datasets never share a tag by accident.
+    Checked before anything is written (``ktt export --bento``, ``ktt serve``).
+    """
+    import hashlib
+
+    full = f"ktt-{model_name}-{dataset}"
+    name = re.sub(r"[^-._a-z0-9]", "-", full.lower()).strip("-._")
+    if name != full.lower() or len(name) > TAG_MAX:
+        digest = hashlib.sha256(full.encode("utf-8")).hexdigest()[:8]
+        name = f"{name[:TAG_MAX - 9].rstrip('-._')}-{digest}"
+    if not TAG_NAME.match(name):  # cannot happen for names check_name accepts; never a traceback
+        raise KttError(f"model {model_name!r} on dataset {dataset!r}: no valid BentoML tag can be made "
+                       f"from {full!r}")
+    return name
 
 
 def write_model_files(model, directory: Path) -> Path:
@@ -49,7 +78,9 @@ def find_stored(tag_name: str, checkpoint_sha256: str):
     except NotFound:
         return None
     for stored in stored_models:
-        if stored.info.metadata.get("source_sha256") == checkpoint_sha256:
+        # A model stored before manifests existed cannot be verified: store the checkpoint anew.
+        if (stored.info.metadata.get("source_sha256") == checkpoint_sha256
+                and (Path(stored.path) / "manifest.json").is_file()):
             return stored
     return None
 
@@ -80,6 +111,7 @@ def save_model(plugins, model, checkpoint: Path, dataset: str, include_onnx: Pat
             shutil.copyfile(reference, folder / "reference.parquet")
         if include_onnx is not None:
             shutil.copytree(include_onnx, folder / "onnx")
+        write_manifest(Path(stored.path), ignore=BENTOML_FILES)
     return str(stored.tag)
 
 
@@ -97,14 +129,20 @@ def stored_model_dir(tag: str) -> Path:
 def load_predictor(directory: Path, runtime: str = "torch", device: str = "cpu"):
     """A predictor (``run(texts)``) for the stored model in ``directory``: the model through the
     scoring call (:class:`ktt_core.scoring.ModelPredictor`) or its ONNX export."""
+    from ktt_core.schemas import BENTO_INFO_SCHEMA, validate
+
     directory = Path(directory)
     info_path = directory / "ktt.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise KttError(f"{info_path}: not a KTT model folder ({exc})") from None
-    if info.get("format") != FORMAT:
-        raise KttError(f"{info_path}: not a KTT model folder (format {info.get('format')!r})")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise KttError(f"{info_path}: not a KTT model folder (format {found!r})")
+    # Every file (checkpoint, hierarchy, reference set, ONNX export) as it was stored.
+    verify_manifest(directory, "stored model", ignore=BENTOML_FILES)
+    validate(info, BENTO_INFO_SCHEMA, str(info_path))
     if runtime == "onnx":
         from ktt_core.onnx_runtime import open_onnx
 
@@ -123,7 +161,7 @@ def load_predictor(directory: Path, runtime: str = "torch", device: str = "cpu")
     return ModelPredictor(plugins, plugins.model(info["model"]), model)
 
 
-def build(spec, tag: str, output: Path) -> str:
+def build(spec, tag: str, output: Path, force: bool = False) -> str:
     """Build a Bento for ``spec``'s service around stored model ``tag``, offline; returns its tag.
 
     The build runs ``bentoml build`` in a child process, whose environment names the stored
@@ -132,13 +170,12 @@ def build(spec, tag: str, output: Path) -> str:
     """
     import subprocess
 
-    from ktt_core.files import atomic_directory
     from ktt_core.serving.launch import bentoml_env
 
     if not spec.service:
         raise KttError(f"plugin {spec.plugin} declares no BentoML service for {spec.name}")
     module, _, cls = spec.service.partition(":")
-    with atomic_directory(output, replace=True) as tmp:
+    with export_directory(output, force) as tmp:
         (tmp / "service.py").write_text(
             f'"""Bento entry point: the {spec.name} service of plugin {spec.plugin}."""\n'
             f"from {module} import {cls}, {cls.removesuffix('Service')}Runner  # noqa: F401\n",

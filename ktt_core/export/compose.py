@@ -12,8 +12,6 @@ import json
 import shutil
 from pathlib import Path
 
-from ktt_core.files import atomic_directory
-
 SERVICE_PORT = 3000
 MONITOR_PORT = 3001
 
@@ -55,9 +53,12 @@ def dashboard(model_name: str) -> dict:
             "schemaVersion": 39, "time": {"from": "now-1h", "to": "now"}, "refresh": "10s", "panels": panels}
 
 
-def write_compose(spec, tag: str, output: Path, reference: Path | None = None) -> Path:
-    """Write the stack into ``output`` (replaced whole, atomically); returns the compose file."""
+def write_compose(spec, tag: str, output: Path, reference: Path | None = None, force: bool = False) -> Path:
+    """Write the stack into ``output`` (replaced whole, atomically, with a manifest; never over
+    files KTT did not write); returns the compose file."""
     import yaml
+
+    from ktt_core.manifest import export_directory
 
     image = f"ktt-{spec.name}".replace("_", "-") + ":latest"
     compose = {
@@ -110,7 +111,7 @@ def write_compose(spec, tag: str, output: Path, reference: Path | None = None) -
          "url": "http://prometheus:9090", "isDefault": True}]}
     provider = {"apiVersion": 1, "providers": [
         {"name": "ktt", "folder": "KTT", "type": "file", "options": {"path": "/var/lib/grafana/dashboards"}}]}
-    with atomic_directory(output, replace=True) as tmp:
+    with export_directory(output, force) as tmp:
         dump = lambda rel, data: _write(tmp / rel, yaml.safe_dump(data, sort_keys=False))  # noqa: E731
         dump("docker-compose.yaml", compose)
         dump("prometheus/prometheus.yml", prometheus)

@@ -20,6 +20,8 @@ import queue
 import threading
 from typing import Callable
 
+from ktt_core.secrets import mask_url
+
 log = logging.getLogger("ktt.monitoring")
 
 
@@ -29,9 +31,11 @@ class MonitorClient:
     def __init__(self, url: str, queue_size: int = 1000, batch_size: int = 64, timeout: float = 2.0,
                  on_sent: Callable[[int], object] | None = None,
                  on_dropped: Callable[[int], object] | None = None, max_backoff: float = 5.0):
+        from ktt_core.environment import check_url
+
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be positive")
-        self.url = url.rstrip("/")
+        self.url = check_url(url, "drift monitor URL").rstrip("/")
         self.batch_size = batch_size
         self.timeout = timeout
         self.max_backoff = max_backoff
@@ -159,12 +163,12 @@ class MonitorClient:
         if outcome == "sent":
             self._count_sent(len(batch))
             if self._failing:
-                log.warning("drift monitor at %s takes rows again", self.url)
+                log.warning("drift monitor at %s takes rows again", mask_url(self.url))
                 self._failing = False
             return outcome
         self._count_dropped(len(batch))
         if not self._failing:
             log.warning("drift monitor at %s: %s; dropping rows until it takes them again (counted in stats)",
-                        self.url, problem)
+                        mask_url(self.url), mask_url(problem))
             self._failing = True
         return outcome

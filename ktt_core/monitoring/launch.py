@@ -1,7 +1,6 @@
 """Start the drift monitor (``bentoml serve ktt_core.monitoring.service:KttMonitor``) as a child process."""
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -32,19 +31,11 @@ def check_reference(path: Path | str) -> tuple[int, int]:
     return len(frame), len(features)
 
 
-def _check_port(host: str, port: int) -> None:
-    """KttError when host:port cannot be bound (taken, or not an address of this machine)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise KttError(f"--host {host}: {e.strerror}") from None
-    family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
-        try:
-            s.bind(address)
-        except OSError as e:
-            raise KttError(f"cannot listen on {host}:{port} for the drift monitor: {e.strerror}") from None
+def _check_port(host: str, port: int, option: str = "--port") -> None:
+    """KttError when host:port cannot be bound (see :func:`ktt_core.serving.launch.check_port`)."""
+    from ktt_core.serving.launch import check_port
+
+    check_port(host, port, option)
 
 
 def monitor_env(reference_path: Path | str, model_label: str, window: int, interval: float) -> dict[str, str]:

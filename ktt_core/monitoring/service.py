@@ -33,7 +33,12 @@ from bentoml import IODescriptor
 from bentoml.exceptions import InvalidArgument
 from pydantic import ConfigDict
 
-from ktt_core.serving.settings import env_int
+from ktt_core.serving.guard import guard
+from ktt_core.serving.settings import (
+    MONITOR_MAX_REQUEST_BYTES,
+    env_int,
+    max_request_bytes,
+)
 
 log = logging.getLogger("ktt.monitoring")
 
@@ -178,3 +183,7 @@ class KttMonitor:
             raise InvalidArgument(str(e)) from None
         return {"path": str(path.resolve()), "window_rows": len(self.detector),
                 "seconds": round(time.perf_counter() - started, 2)}
+
+
+# Oversized, non-JSON and abandoned requests are shed before they cost memory.
+guard(KttMonitor, max_request_bytes(MONITOR_MAX_REQUEST_BYTES), setting="KTT_MAX_REQUEST_BYTES")

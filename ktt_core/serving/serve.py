@@ -8,17 +8,35 @@ from ktt_core.errors import KttError
 
 def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, host: str, port: int,
           runtime: str = "torch", max_batch_size: int = 64, max_latency_ms: int = 2000,
-          monitoring: bool = False, monitor_port: int | None = None, echo: Callable = print) -> int:
+          monitoring: bool = False, monitor_port: int | None = None, max_request_bytes: int | None = None,
+          echo: Callable = print) -> int:
     """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code."""
     from ktt_core.export import export_with_hook
-    from ktt_core.export.bento import save_model
+    from ktt_core.export.bento import model_tag_name, save_model
     from ktt_core.jobs import load_model, resolve_checkpoint
-    from ktt_core.serving.launch import run_until_interrupted, start_service, stop_service, wait_ready
+    from ktt_core.serving.launch import (
+        check_port,
+        run_until_interrupted,
+        start_service,
+        stop_service,
+        wait_ready,
+    )
 
+    # The ports first: nothing is loaded, stored or started for a port that cannot be used.
+    if monitoring:
+        if monitor_port == port:
+            raise KttError(f"--monitor-port {monitor_port} is the service's --port; pick another")
+        if not 1 <= monitor_port <= 65535:
+            raise KttError(f"--monitor-port {monitor_port} (--port + 1): a port is a number from 1 to 65535; "
+                           f"pick one with --monitor-port")
+    check_port(host, port, "--port")
+    if monitoring:
+        check_port(host, monitor_port, "--monitor-port")
     spec = plugins.model(model_name)
     if not spec.service:
         raise KttError(f"plugin {spec.plugin} declares no BentoML service for {model_name}")
     path = resolve_checkpoint(ws, model_name, dataset, run_dir, checkpoint)
+    model_tag_name(model_name, dataset)  # a name that makes no BentoML tag fails before any export
     reference = path.parent / "reference.parquet"
     if monitoring and not reference.is_file():
         raise KttError(f"{path.parent}: no reference set for the drift monitor; "
@@ -31,6 +49,8 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
     echo(f"serving {tag} ({runtime}) from {path}")
     env = {"KTT_MODEL": model_name, "KTT_BENTO_MODEL": tag, "KTT_RUNTIME": runtime,
            "KTT_MAX_BATCH_SIZE": max_batch_size, "KTT_MAX_LATENCY_MS": max_latency_ms}
+    if max_request_bytes:
+        env["KTT_MAX_REQUEST_BYTES"] = max_request_bytes
     processes = []
     try:
         if monitoring:

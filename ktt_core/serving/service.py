@@ -9,7 +9,9 @@ Two services per model, BentoML's pattern for adaptive batching behind a richer 
 - ``<Name>Service`` is the HTTP face: ``POST /predict`` with ``{"text": ...}`` or
   ``{"texts": [...]}`` and optional ``top_k``; it validates the request (4xx with a
   clear message), calls the runner and counts predictions per class and latency for
-  Prometheus (``/metrics``, next to BentoML's own). ``/readyz`` and ``/livez`` are BentoML's.
+  Prometheus (``/metrics``, next to BentoML's own). ``/readyz`` and ``/livez`` are BentoML's;
+  ``/readyz`` answers 503 until the runner has loaded the model, and 503 with the reason
+  when it failed to. :mod:`ktt_core.serving.guard` stands in front of it (body cap, 415).
 
 A plugin declares its services in one line (see :func:`define_service`).
 """
@@ -20,9 +22,11 @@ from typing import Any
 
 import bentoml
 from bentoml import IODescriptor
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import ConfigDict
 
+from ktt_core.errors import KttError
+from ktt_core.serving.guard import NOT_READY, guard
 from ktt_core.serving.settings import ServiceSettings
 
 _METRICS: dict[str, Any] = {}
@@ -85,9 +89,27 @@ class KttRunner:
     settings: ServiceSettings
 
     def __init__(self) -> None:
-        from ktt_core.export.bento import load_predictor
-
         import logging
+
+        self.load_error = None
+        self.monitor = None
+        try:
+            self._load()
+        except Exception as e:  # noqa: BLE001 - any load failure: stay up, not ready, say why
+            # Raising here would make BentoML restart the worker forever while /readyz of the
+            # API service still said ready; instead the runner lives on, not ready, and /status
+            # carries the reason to the API's /readyz and to ``ktt serve``.
+            from ktt_core.secrets import mask_secrets
+
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.load_error = mask_secrets(first if isinstance(e, KttError) else f"{type(e).__name__}: {first}")
+            logging.getLogger("ktt").error("runner of %s: the model failed to load: %s",
+                                           self.model_name, self.load_error)
+
+    def _load(self) -> None:
+        import logging
+
+        from ktt_core.export.bento import load_predictor
 
         if self.settings.torch_threads:
             import torch
@@ -96,7 +118,6 @@ class KttRunner:
         self.predictor = load_predictor(self.stored_model.path, self.settings.runtime)
         logging.getLogger("ktt").warning("runner of %s: runtime %s, batches of up to %d",
                                          self.model_name, self.settings.runtime, self.settings.max_batch_size)
-        self.monitor = None
         if self.settings.monitor_url:
             from ktt_core.monitoring.client import MonitorClient
 
@@ -108,9 +129,17 @@ class KttRunner:
             self.monitor = MonitorClient(self.settings.monitor_url, queue_size=self.settings.monitor_queue,
                                          on_sent=sent.inc, on_dropped=dropped.inc)
 
+    @bentoml.api(route="/status")
+    def status(self) -> dict:
+        """``{"error": null}`` when the model is loaded, else the reason it is not."""
+        return {"error": self.load_error}
+
     def _classify(self, texts: list[str]) -> list[dict]:
         from ktt_core.decoding import describe_all
         from ktt_core.hierarchy import format_path
+
+        if self.load_error is not None:
+            raise ServiceUnavailable(f"the model failed to load: {self.load_error}")
 
         predictions, features = self.predictor.run(texts)
         s = self.settings
@@ -134,6 +163,19 @@ class KttApi:
         self.latency = _metric("Histogram", "ktt_request_latency_seconds", "Time to answer POST /predict",
                                labelnames=["model"],
                                buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+
+    async def __is_ready__(self) -> bool:
+        """BentoML's /readyz: ready when the runner has loaded the model; 503 with the reason
+        when it failed to; not ready (503) while the runner does not answer yet."""
+        try:
+            status = await self.runner.to_async.status()
+        except Exception:  # noqa: BLE001 - the runner is still starting (or gone): not ready
+            return False
+        if status.get("error"):
+            from starlette.exceptions import HTTPException
+
+            raise HTTPException(status_code=503, detail=NOT_READY + status["error"])
+        return True
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, text: Any = None, texts: Any = None, top_k: Any = 1) -> dict:
@@ -182,4 +224,7 @@ def define_service(model_name: str, module: str, prefix: str):
     })
     api = bentoml.service(name=f"{prefix.lower()}", workers=1, traffic={"timeout": 60},
                           runner_connection=NO_SESSION_REFRESH)(api_cls)
+    # The public face sheds oversized, non-JSON and abandoned requests. The runner is reached
+    # only by this API, with bodies it has already capped (and in BentoML's own encoding).
+    guard(api, settings.max_request_bytes)
     return runner, api

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ktt_core.environment import check_url
 from ktt_core.errors import KttError
 
 
@@ -32,6 +33,15 @@ def _model_tag(model_name: str) -> str:
     return f"ktt-{model_name}:latest"
 
 
+DEFAULT_MAX_REQUEST_BYTES = 10 * 2**20  # a request of 256 texts of 10,000 characters fits
+MONITOR_MAX_REQUEST_BYTES = 64 * 2**20  # /ingest takes up to 10,000 rows of features
+
+
+def max_request_bytes(default: int = DEFAULT_MAX_REQUEST_BYTES) -> int:
+    """The request body cap of a service (KTT_MAX_REQUEST_BYTES), enforced by :mod:`ktt_core.serving.guard`."""
+    return env_int("KTT_MAX_REQUEST_BYTES", default)
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     model_tag: str          # BentoML model store tag (KTT_BENTO_MODEL)
@@ -46,6 +56,7 @@ class ServiceSettings:
     monitor_url: str        # drift monitor base URL, "" for none (KTT_MONITOR_URL)
     monitor_queue: int      # rows waiting for the monitor before new ones are dropped (KTT_MONITOR_QUEUE)
     torch_threads: int      # the runner's torch threads, 0 = torch's default (KTT_TORCH_THREADS)
+    max_request_bytes: int  # request body cap, 413 above it (KTT_MAX_REQUEST_BYTES)
 
     @classmethod
     def from_env(cls, model_name: str = "") -> "ServiceSettings":
@@ -66,7 +77,8 @@ class ServiceSettings:
             max_top_k=env_int("KTT_MAX_TOP_K", 10),
             decoding=decoding,
             threshold=float(threshold) if threshold else None,
-            monitor_url=os.environ.get("KTT_MONITOR_URL", "").rstrip("/"),
+            monitor_url=check_url(os.environ.get("KTT_MONITOR_URL", ""), "KTT_MONITOR_URL").rstrip("/"),
             monitor_queue=env_int("KTT_MONITOR_QUEUE", 2000),
             torch_threads=env_int("KTT_TORCH_THREADS", 0, low=0),
+            max_request_bytes=max_request_bytes(),
         )
