@@ -231,7 +231,7 @@ def test_ctrl_c_during_a_csv_import_is_an_interruption_not_a_read_error(workspac
 def run(ktt, workspace, synthetic_csv, tiny_encoder) -> Path:
     """A db_linear run on 'shop' trained for one epoch, with its last.pt."""
     ktt(*import_args(workspace, synthetic_csv)[2:])
-    ktt("train", "db_linear", "shop", "--epochs", "1", "--set", f"encoder={tiny_encoder}", *QUICK)
+    ktt("train", "db_linear", "shop", "--epochs", "1", "--set", f"encoder={tiny_encoder}", "--keep-last", *QUICK)
     (run,) = (workspace / "runs" / "db_linear" / "shop").iterdir()
     assert (run / "last.pt").is_file()
     return run
