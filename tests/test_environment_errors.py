@@ -49,7 +49,8 @@ def template(tmp_path_factory, synthetic_csv, tiny_encoder) -> Path:
     """A workspace with dataset 'shop' and one db_linear run (1 epoch, best.pt and last.pt)."""
     workspace = tmp_path_factory.mktemp("env-template") / "ws"
     _invoke(workspace, "import", synthetic_csv, "shop", "--text", "title", "--labels", "category", "--sep", " > ")
-    _invoke(workspace, "train", "db_linear", "shop", "--epochs", "1", "--set", f"encoder={tiny_encoder}")
+    _invoke(workspace, "train", "db_linear", "shop", "--epochs", "1", "--set", f"encoder={tiny_encoder}",
+            "--keep-last")
     return workspace
 
 
