@@ -1,4 +1,4 @@
-"""Sessions: ``nox -s tests`` (the test suite), ``nox -s demo`` (train + test on the bundled sample)."""
+"""Sessions: ``nox -s tests`` (the test suite), ``nox -s demo`` (three models on the bundled sample)."""
 from __future__ import annotations
 
 import os
@@ -15,10 +15,11 @@ DEMO_DATASET = "walmart-sample"
 
 def install(session: nox.Session, requirements: str) -> None:
     # torch first and pinned: resolved through other packages it would pull a CUDA build.
-    session.install("torch==2.13.0")
-    session.install("-r", requirements)
-    session.install("--no-deps", ENCODER)
-    session.install("--no-deps", "-e", ".", *[f"-e{p}" for p in PLUGINS])
+    # silent=False: pip's own progress shows while several hundred MB install.
+    session.install("--progress-bar", "on", "torch==2.13.0", silent=False)
+    session.install("--progress-bar", "on", "-r", requirements, silent=False)
+    session.install("--no-deps", ENCODER, silent=False)
+    session.install("--no-deps", "-e", ".", *[f"-e{p}" for p in PLUGINS], silent=False)
 
 
 @nox.session(python="3.11")
@@ -31,7 +32,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """Import the bundled Walmart sample, train db_linear with the packaged MiniLM, test, predict."""
+    """On the bundled Walmart sample: a TF-IDF model, the packaged MiniLM fine-tuned, and
+    their ensemble side by side (a table and a chart), then a prediction."""
     install(session, "requirements.txt")
     workspace = os.path.abspath(session.posargs[0] if session.posargs else "demo-workspace")
     env = {"KTT_HOME": workspace, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -39,6 +41,8 @@ def demo(session: nox.Session) -> None:
     ktt("list-models")
     ktt("import", "data/walmart_sample.parquet", DEMO_DATASET, "--text", "title", "--labels", "category",
         "--force")
-    ktt("train", "db_linear", DEMO_DATASET, "--config", "examples/minilm-walmart.yaml")
-    ktt("test", "db_linear", DEMO_DATASET)
-    ktt("predict", "db_linear", DEMO_DATASET, "Equate nasal allergy spray 24HR", "--top-k", "3")
+    ktt("train", "tfidf_lsgd", DEMO_DATASET)                # seconds
+    ktt("train", "db_linear", DEMO_DATASET)                 # minutes: MiniLM fine-tuned, default settings
+    ktt("train", "ensemble", DEMO_DATASET, "--set", "members=tfidf_lsgd,db_linear")
+    ktt("compare", "tfidf_lsgd,db_linear,ensemble", DEMO_DATASET)
+    ktt("predict", "ensemble", DEMO_DATASET, "Equate nasal allergy spray 24HR", "--top-k", "3")

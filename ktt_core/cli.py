@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -425,6 +426,44 @@ def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, 
                          device, split_name, decoding, threshold, show=show)
     if not as_json:
         click.echo(f"Saved to {saved}")
+
+
+@cli.command()
+@click.argument("models")
+@click.argument("dataset")
+@click.option("--split", "split_name", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the chart (default: WORKSPACE/reports/compare-DATASET.png).")
+@click.pass_context
+def compare(ctx, models, dataset, split_name, device, output):
+    """Test the latest run of each of MODELS (comma list) on DATASET: a table and a chart."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ktt_core import jobs
+    from ktt_core.plots import plot_comparison
+
+    ws, plugins = _workspace(ctx), _plugins()
+    names = _split_list(models, "MODELS")
+    for name in names:  # every name and run checked before any model is loaded
+        plugins.model(name)
+        ws.latest_run(name, dataset)
+    rows = []
+    for name in names:
+        metrics, _ = jobs.test(ws, plugins, name, dataset, None, None, device, split_name)
+        rows.append(metrics)
+    columns = ["exact_path_accuracy", "level_1_accuracy", "hierarchical_f1", "level_1_macro_f1"]
+    columns = [c for c in columns if all(c in r for r in rows)]
+    table = Table("model", *(c.replace("_", " ") for c in columns), title=f"{dataset} ({split_name} split)")
+    best = {c: max(r[c] for r in rows) for c in columns}
+    for r in rows:
+        table.add_row(r["model"], *(f"[bold]{r[c]:.4f}[/bold]" if r[c] == best[c] else f"{r[c]:.4f}"
+                                    for c in columns))
+    Console().print(table)
+    target = Path(output) if output else ws.root / "reports" / f"compare-{dataset}.png"
+    plot_comparison(rows, target, f"{', '.join(names)} on {dataset} ({split_name} split)")
+    click.echo(f"chart: {target}")
 
 
 def _print_metrics(metrics: dict, title: str) -> None:

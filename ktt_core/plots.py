@@ -44,3 +44,31 @@ def plot_training(metrics_jsonl: Path, target: Path, title: str = "") -> Path | 
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return target
+
+
+def plot_comparison(rows: list[dict], target: Path, title: str,
+                    metrics=("exact_path_accuracy", "level_1_accuracy", "hierarchical_f1")) -> Path:
+    """Grouped bars: each model's headline metrics on one split, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = [m for m in metrics if all(m in r for r in rows)]
+    x = np.arange(len(metrics))
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(metrics) + len(rows)), 4))
+    for i, row in enumerate(rows):
+        values = [row[m] for m in metrics]
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=row["model"])
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
+    ax.set_xticks(x, [m.replace("_", " ") for m in metrics])
+    ax.set(ylim=(0, 1.08), title=title)
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return target
