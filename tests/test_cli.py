@@ -196,3 +196,16 @@ def test_pickled_checkpoint_is_refused_without_running_it(ktt, trained, tmp_path
     torch.save({"format": "ktt-checkpoint", "x": Payload()}, evil)
     assert_clean_error(ktt("test", "db_linear", "shop", "--checkpoint", evil, expect=None), "evil.pt", "refused")
     assert not marker.exists()
+
+
+def test_compare_tests_each_latest_run_into_a_table_and_a_chart(trained, ktt, workspace):
+    ktt("train", "tfidf_lsgd", "shop", "--set", "n_jobs=1", "--set", "min_df=1")
+    assert_clean_error(ktt("compare", "db_linear,db_bhcn", "shop", expect=1), "no trained run of db_bhcn on shop")
+    assert not (workspace / "reports").exists()  # refused before any model was tested
+    out = ktt("compare", "db_linear,tfidf_lsgd", "shop").output
+    chart = workspace / "reports" / "compare-shop.png"
+    assert f"chart: {chart}" in out and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert {"db_linear", "tfidf_lsgd"} <= set(rows)
+    saved = json.loads((trained / "test_metrics.json").read_text())
+    assert f"{saved['exact_path_accuracy']:.4f}" in rows["db_linear"]
