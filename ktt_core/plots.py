@@ -64,8 +64,8 @@ def plot_comparison(rows: list[dict], target: Path, title: str,
         bars = ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=row["model"])
         ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=8, padding=2)
     ax.set_xticks(x, [m.replace("_", " ") for m in metrics])
-    ax.set(ylim=(0, 1.08), title=title)
-    ax.legend(loc="lower right")
+    ax.set(ylim=(0, 1.18), title=title)
+    ax.legend(loc="upper left", ncol=len(rows), frameon=False)  # above the bars, never over them
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(target) as tmp:
