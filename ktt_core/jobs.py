@@ -156,8 +156,8 @@ def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: l
     best_epoch = max((r["epoch"] for r in history if r["best"]), default="-")
     # After --resume the history holds the earlier epochs too, each with its own time.
     total = max(minutes, sum(r.get("seconds", 0.0) for r in history) / 60)
-    session = f" ({minutes:.1f} min of it in this session)" if saved is not None else ""
-    say(f"trained in {total:.1f} min{session}; best epoch {best_epoch}; run folder {run_dir}")
+    session = f" ({_duration(minutes)} of it in this session)" if saved is not None else ""
+    say(f"trained in {_duration(total)}{session}; best epoch {best_epoch}; run folder {run_dir}")
     title = f"{spec.name} on {dataset_name}: run {run_dir.name}"
     if plot_training(run_dir / "metrics.jsonl", run_dir / "training.png", title):
         say(f"training curves: {run_dir / 'training.png'}")
@@ -167,15 +167,19 @@ def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: l
         with atomic_path(run_dir / "reference.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         say(f"reference set ({len(frame)} rows) written to {run_dir / 'reference.parquet'}")
-    if not keep_last and history and history[-1]["epoch"] >= run.epochs:
-        # last.pt (weights + optimizer state) only serves --resume of an unfinished run.
-        (run_dir / "last.pt").unlink(missing_ok=True)
+    removed = not keep_last and history and history[-1]["epoch"] >= run.epochs and (run_dir / "last.pt").is_file()
+    if removed:  # last.pt (weights + optimizer state) only serves --resume of an unfinished run
+        (run_dir / "last.pt").unlink()
     if dvc:
         say(versioning.track(ws.root, [run_dir / name for name in ("best.pt", "last.pt")
                                        if (run_dir / name).is_file()]))
     say(f"run folder size: {_size_mb(run_dir):.1f} MB"
-        + ("" if keep_last or not history else " (last.pt removed; --keep-last keeps it for --resume --epochs N)"))
+        + (" (last.pt removed; --keep-last keeps it for --resume --epochs N)" if removed else ""))
     return run_dir
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes * 60:.0f} s" if minutes < 1 else f"{minutes:.1f} min"
 
 
 def _size_mb(folder: Path) -> float:

@@ -161,9 +161,11 @@ def test_a_finished_run_keeps_weights_only_unless_asked(ktt, shop, tiny_encoder,
     assert (kept / "last.pt").is_file() and load_checkpoint(kept / "last.pt")["training"]["epoch"] == 2
     # "trained in" counts both sessions: the sum of the epochs' own times.
     total = sum(e["seconds"] for e in epochs_of(kept)) / 60
-    assert re.search(r"trained in ([0-9.]+) min \(([0-9.]+) min of it in this session\)", out), out
-    shown = float(re.search(r"trained in ([0-9.]+) min", out).group(1))
-    assert shown >= round(total, 1) - 0.05
+    found = re.search(r"trained in ([0-9.]+) (s|min) \(([0-9.]+) (s|min) of it in this session\)", out)
+    assert found, out
+    minutes = lambda value, unit: float(value) / (60 if unit == "s" else 1)  # noqa: E731
+    shown, session = minutes(*found.group(1, 2)), minutes(*found.group(3, 4))
+    assert shown >= total - 0.05 and shown > session  # both sessions, not only the resumed one
 
 
 def test_progress_lines_without_a_terminal(ktt, shop, tiny_encoder, workspace):
