@@ -29,9 +29,9 @@ def workspace(tmp_path) -> Path:
     return tmp_path / "ws"
 
 
-@pytest.fixture
-def ktt(workspace):
-    """Run the CLI in-process in ``workspace``: ``ktt("train", ...)`` -> click Result."""
+def cli_in(workspace: Path):
+    """The CLI in-process in ``workspace``: ``ktt("train", ...)`` -> click Result; the exit
+    status must be ``expect`` (None: any)."""
     runner = CliRunner()
 
     def run(*args, expect: int | None = 0):
@@ -42,6 +42,12 @@ def ktt(workspace):
         return result
 
     return run
+
+
+@pytest.fixture
+def ktt(workspace):
+    """Run the CLI in-process in ``workspace``: ``ktt("train", ...)`` -> click Result."""
+    return cli_in(workspace)
 
 
 @pytest.fixture

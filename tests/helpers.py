@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import TREE, WORDS
 
 from ktt_core.checkpoint import load_checkpoint
 from ktt_core.plugins import Plugins
 from ktt_core.scoring import score
-
-from conftest import TREE, WORDS
 
 
 def assert_clean_error(result, *needles):
@@ -126,3 +125,13 @@ def run_ktt_blocking(blocked, *args, **kwargs) -> subprocess.CompletedProcess:
     """Run ``ktt ARGS`` where the packages ``blocked`` (e.g. torch) fail to import."""
     code = 'sys.argv = ["ktt", *sys.argv[1:]]\nfrom ktt_core import cli\ncli.main()\n'
     return run_python_blocking(blocked, code, *args, **kwargs)
+
+
+def docs_python_block(doc: str, heading: str) -> str:
+    """The first ```python block after ``heading`` in ``docs/DOC`` (the docs' examples run as tests)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
+    section = text.split(heading, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)

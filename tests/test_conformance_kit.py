@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import docs_python_block
 
 from ktt_core.testing import Cli, check_model, install_plugin, write_synthetic_csv
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def docs_head_example() -> str:
-    docs = (ROOT / "docs" / "plugins.md").read_text()
-    section = docs.split("### A transformer head", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    return docs_python_block("plugins.md", "### A transformer head")
 
 
 def test_the_documented_head_passes_the_conformance_kit(tmp_path, tiny_encoder):

@@ -3,20 +3,16 @@ docs/plugins.md, installed as a real plugin (entry point), through the CLI."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-from pathlib import Path
+
+from helpers import docs_python_block
 
 from ktt_core.testing import install_plugin
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def docs_example() -> str:
-    docs = (ROOT / "docs" / "plugins.md").read_text()
-    section = docs.split("### A complete non-torch model", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    return docs_python_block("plugins.md", "### A complete non-torch model")
 
 
 def test_the_documented_non_torch_model_works_as_a_plugin(tmp_path, synthetic_csv):

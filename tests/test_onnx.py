@@ -9,17 +9,14 @@ import json
 import os
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import synthetic_rows
+from conftest import cli_in, synthetic_rows
 from helpers import assert_clean_error, run_ktt_blocking, run_python_blocking
 
-from ktt_core.cli import cli
 from ktt_core.data.batches import Collate, encode_texts
 from ktt_core.errors import KttError
 from ktt_core.jobs import load_model
@@ -34,24 +31,11 @@ TEXTS = ["x", "edible apple", "household pan great value pack new large blue",
          "playful jigsaw " * 60, "premium classic red juice bread doll board shovel"]
 
 
-def _cli(workspace: Path):
-    runner = CliRunner()
-
-    def run(*args, expect: int | None = 0):
-        result = runner.invoke(cli, ["--workspace", str(workspace), *map(str, args)])
-        if expect is not None and result.exit_code != expect:
-            raise AssertionError(f"ktt {' '.join(map(str, args))} exited {result.exit_code}:\n"
-                                 f"{result.output}\n{result.exception!r}")
-        return result
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_encoder, synthetic_csv):
     """Workspace with dataset 'shop', each model trained one epoch and exported to ONNX."""
     workspace = tmp_path_factory.mktemp("onnx") / "ws"
-    ktt = _cli(workspace)
+    ktt = cli_in(workspace)
     ktt("import", synthetic_csv, "shop", "--text", "title", "--labels", "category", "--sep", " > ")
     runs = {}
     for model in MODELS:

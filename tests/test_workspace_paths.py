@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import synthetic_rows
+from conftest import cli_in, synthetic_rows
 from helpers import assert_clean_error
 
-from ktt_core.cli import cli
 from ktt_core.errors import KttError
 from ktt_core.manifest import write_manifest
 
@@ -32,19 +30,6 @@ BAD_NAMES = {
     "dots": "...",
     "slash": "shop/../shop",
 }
-
-
-def _cli(workspace: Path):
-    runner = CliRunner()
-
-    def run(*args, expect: int | None = 0):
-        result = runner.invoke(cli, ["--workspace", str(workspace), *map(str, args)])
-        if expect is not None and result.exit_code != expect:
-            raise AssertionError(f"ktt {' '.join(map(str, args))} exited {result.exit_code}:\n"
-                                 f"{result.output}\n{result.exception!r}")
-        return result
-
-    return run
 
 
 def tree(root: Path) -> dict[str, tuple]:
@@ -61,7 +46,7 @@ def base(tmp_path_factory, tiny_encoder, synthetic_csv) -> Path:
     """``base/ws``: 'shop', db_linear and tfidf_lsgd trained and exported to ONNX;
     ``base/outside``: a real run where ``../../../outside/db_linear/evil`` would find it."""
     base = tmp_path_factory.mktemp("paths")
-    ktt = _cli(base / "ws")
+    ktt = cli_in(base / "ws")
     ktt("import", synthetic_csv, "shop", "--text", "title", "--labels", "category", "--sep", " > ")
     ktt("train", "db_linear", "shop", "--epochs", "1", "--set", f"encoder={tiny_encoder}")
     ktt("train", "tfidf_lsgd", "shop", "--set", "min_df=1")
@@ -100,7 +85,7 @@ COMMANDS = {
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_bad_names_are_refused_and_nothing_is_written(base, command):
-    ktt = _cli(base / "ws")
+    ktt = cli_in(base / "ws")
     before = tree(base)
     for key, name in BAD_NAMES.items():
         result = ktt(*COMMANDS[command](name), expect=None)
@@ -112,7 +97,7 @@ def test_bad_names_are_refused_and_nothing_is_written(base, command):
 
 
 def test_import_refuses_bad_names(base, synthetic_csv):
-    ktt = _cli(base / "ws")
+    ktt = cli_in(base / "ws")
     before = tree(base)
     for name in [*BAD_NAMES.values(), "new\n"]:  # a trailing newline too
         result = ktt("import", synthetic_csv, name, "--text", "title", "--labels", "category", expect=None)
@@ -125,7 +110,7 @@ def test_links_leading_outside_the_workspace_are_refused(copy, synthetic_csv):
     shutil.copytree(ws / "datasets" / "shop", outside / "shop-copy")
     os.symlink(outside / "shop-copy", ws / "datasets" / "linked")
     os.symlink(outside / "db_linear" / "evil", ws / "runs" / "db_linear" / "evil")
-    ktt = _cli(ws)
+    ktt = cli_in(ws)
     before = tree(copy)
     for args in (["test", "db_linear", "linked"], ["train", "db_linear", "linked"],
                  ["import", synthetic_csv, "linked", "--text", "title", "--labels", "category", "--force"],
@@ -142,7 +127,7 @@ def test_links_leading_outside_the_workspace_are_refused(copy, synthetic_csv):
 # -- family 2: export targets ---------------------------------------------------------------------
 
 def test_export_never_deletes_files_it_did_not_write(copy):
-    ktt = _cli(copy / "ws")
+    ktt = cli_in(copy / "ws")
     out = copy / "exports"
     (out / "onnx").mkdir(parents=True)
     notes = out / "onnx" / "notes.txt"
@@ -209,7 +194,7 @@ TAMPERS = {
 
 @pytest.mark.parametrize("model", sorted(TAMPERS))
 def test_a_changed_file_of_an_onnx_export_is_refused_by_name(base, tmp_path, model):
-    ktt = _cli(base / "ws")
+    ktt = cli_in(base / "ws")
     source = run_of(base / "ws", model) / "export" / "onnx"
     ktt("predict", model, "shop", "edible apple", "--onnx", source)  # the export as written loads
     for rel, tamper in TAMPERS[model].items():
@@ -259,7 +244,7 @@ def test_bad_ktt_json_fields_are_named(base, tmp_path, change, needles):
         del info[drop]
     (folder / "ktt.json").write_text(json.dumps(info))
     write_manifest(folder)
-    result = _cli(base / "ws")("predict", "db_linear", "shop", "x", "--onnx", folder, expect=None)
+    result = cli_in(base / "ws")("predict", "db_linear", "shop", "x", "--onnx", folder, expect=None)
     assert_clean_error(result, str(folder / "ktt.json"), *needles)
 
 
@@ -300,7 +285,7 @@ def test_a_changed_file_of_a_stored_bento_model_is_refused(base, tmp_path):
 
 def test_predict_refuses_a_checkpoint_of_another_dataset_as_test_does(copy, tmp_path):
     ws = copy / "ws"
-    ktt = _cli(ws)
+    ktt = cli_in(ws)
     rows = synthetic_rows(60)
     rows["category"] = rows["category"].str.replace("Food", "Garage")
     csv = tmp_path / "other.csv"
