@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ktt_core.config import parse_set_options, resolve_config
+from ktt_core.config import defaults_for, parse_set_options, resolve_config
 from ktt_core.errors import KttError
 from ktt_core.plugins import Plugins
 
@@ -21,7 +21,7 @@ def test_layers_override_in_order(plugins):
     config = resolve_config(spec, [("file", {"dropout": 0.1, "epochs": 5}),
                                    ("--set", parse_set_options(["dropout=0.2", "encoder_lr=1e-4"]))])
     assert config["dropout"] == 0.2 and config["epochs"] == 5 and config["encoder_lr"] == 1e-4
-    assert config["classifier_lr"] == spec.defaults["classifier_lr"]
+    assert config["classifier_lr"] == defaults_for(spec)["classifier_lr"] == 2e-3  # the core's encoder default
 
 
 def test_signed_keys_accept_negative_values(plugins):

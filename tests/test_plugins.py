@@ -38,7 +38,7 @@ def test_db_linear_is_discovered_through_its_entry_point():
     spec = plugins.model("db_linear")
     assert spec.plugin == "ktt-db-linear"
     assert spec.display_name == "Linear head"
-    assert spec.defaults["dropout"] == 0.25
+    assert spec.defaults["dropout"] == 0.1
 
 
 def test_ktt_load_plugins_restricts_what_loads():

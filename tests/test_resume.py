@@ -230,7 +230,7 @@ def test_resume_of_a_finished_run_says_so_or_trains_the_extra_epochs(ktt, shop, 
 @pytest.mark.parametrize("frozen", [False, True], ids=["full-model", "frozen-encoder"])
 def test_resume_at_an_epoch_end_continues_exactly(ktt, shop, tiny_encoder, workspace, frozen):
     # With the constant scheduler, 1 epoch then --resume --epochs 2 is the 2-epoch run.
-    extra = ("--freeze-encoder",) if frozen else ()
+    extra = ("--set", "scheduler=constant", *(("--freeze-encoder",) if frozen else ()))
     straight = train_in_process(ktt, workspace, tiny_encoder, *extra, epochs=2)
     stopped = train_in_process(ktt, workspace, tiny_encoder, *extra, epochs=1)
     ktt("train", "db_linear", "shop", "--resume", stopped, "--epochs", "2", "--device", "cpu")
