@@ -165,7 +165,8 @@ def test_a_finished_run_keeps_weights_only_unless_asked(ktt, shop, tiny_encoder,
     assert found, out
     minutes = lambda value, unit: float(value) / (60 if unit == "s" else 1)  # noqa: E731
     shown, session = minutes(*found.group(1, 2)), minutes(*found.group(3, 4))
-    assert shown >= total - 0.05 and shown > session  # both sessions, not only the resumed one
+    # Both sessions, not only the resumed one (whole seconds: a short run may round alike).
+    assert shown >= total - 0.05 and shown >= session
 
 
 def test_progress_lines_without_a_terminal(ktt, shop, tiny_encoder, workspace):
