@@ -24,6 +24,7 @@ from ktt_chmcnn.model import ACHMCNNHead, max_constraint, mc_loss
 MODEL = "db_achmcnn"
 SMALL_NET = ["--set", "h_hidden_dim=64", "--set", "h_layer_count=2"]
 FAST = ["--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2", "--set", "h_dropout=0.0",
+        "--set", "scheduler=constant",
         "--set", "train_batch_size=16", *SMALL_NET]
 
 

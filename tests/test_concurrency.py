@@ -22,7 +22,8 @@ from ktt_core.locks import lock_dataset, lock_run
 from ktt_core.workspace import Workspace
 
 BUSY = "is being written by another ktt process"
-QUICK = ("--device", "cpu", "--set", "train_batch_size=16", "--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2")
+QUICK = ("--device", "cpu", "--set", "train_batch_size=16", "--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2",
+         "--set", "scheduler=constant")
 WAIT = 600  # generous: the machine may be slow; nothing here measures time
 
 # The real CLI, stopped inside a write until its stdin gets a line (or until a signal):

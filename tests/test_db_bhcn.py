@@ -30,6 +30,7 @@ def one_thread():
 
 
 FAST = ["--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2", "--set", "dropout=0.0",
+        "--set", "scheduler=constant",
         "--set", "train_batch_size=16"]
 
 

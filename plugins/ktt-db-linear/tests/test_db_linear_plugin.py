@@ -1,7 +1,8 @@
 """db_linear through the core's conformance kit, as any plugin would test itself."""
 from ktt_core.testing import check_model, make_tiny_encoder
 
-FAST = ["--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2", "--set", "train_batch_size=16",
+FAST = ["--set", "encoder_lr=1e-3", "--set", "classifier_lr=1e-2", "--set", "scheduler=constant",
+        "--set", "train_batch_size=16",
         "--set", "dropout=0.0"]
 
 
