@@ -64,7 +64,29 @@ def save_checkpoint(path: Path | str, model, optimizer_state: dict | None = None
         "optimizer": _to_cpu(optimizer_state),
         "training_json": json.dumps(training_state or {}),
         "resume": _to_cpu(resume_state),
+        "calibration_json": json.dumps(_calibration_dict(model)),
     }
+    return _write(path, payload)
+
+
+def _calibration_dict(model) -> dict | None:
+    calibration = getattr(model, "calibration", None)
+    return None if calibration is None else calibration.to_dict()
+
+
+def set_calibration(path: Path | str, calibration) -> Path:
+    """Store ``calibration`` (a :class:`ktt_core.calibration.Calibration`) in the checkpoint
+    at ``path``, which is verified first and replaced atomically, hash renewed."""
+    path = Path(path)
+    load_checkpoint(path)  # one-line errors for a missing, unsafe or damaged file
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload.pop("sha256", None)
+    payload["version"] = max(int(payload.get("version", 1)), HASHED_SINCE)
+    payload["calibration_json"] = json.dumps(calibration.to_dict())
+    return _write(path, payload)
+
+
+def _write(path: Path | str, payload: dict) -> Path:
     payload["sha256"] = content_digest(payload)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer = _Writer(fh)
@@ -133,6 +155,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
             "optimizer": raw.get("optimizer"),
             "training": json.loads(raw.get("training_json") or "{}"),
             "resume": raw.get("resume"),
+            "calibration": json.loads(raw.get("calibration_json") or "null"),
         }
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise KttError(f"{path}: KTT checkpoint is incomplete or damaged ({exc})") from None

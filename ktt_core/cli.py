@@ -401,6 +401,8 @@ def _checkpoint_options(f):
                      help="Best path of the hierarchy, or each level's argmax on its own.")(f)
     f = click.option("--threshold", type=click.FloatRange(0, 1), default=None,
                      help="Stop at the deepest level whose confidence reaches T (non-leaf predictions).")(f)
+    f = click.option("--no-calibration", "raw_scores", is_flag=True,
+                     help="Use the raw scores, not the calibrated ones the run stores (ktt calibrate).")(f)
     return f
 
 
@@ -411,21 +413,59 @@ def _checkpoint_options(f):
 @click.option("--split", "split_name", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--threshold-sweep", "sweep", is_flag=True,
+              help="Also show, for thresholds 0 to 0.99, where predictions stop and how right they are.")
+@click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="P",
+              help="Use the lowest threshold whose hierarchical precision reaches P on the validation split.")
 @click.pass_context
-def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, split_name, as_json):
+def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, raw_scores, split_name, as_json,
+         sweep, target_precision):
     """Evaluate a trained MODEL on DATASET's test split; prints and saves the metrics."""
     from ktt_core import jobs
+
+    if threshold is not None and target_precision is not None:
+        raise KttError("give --threshold or --target-precision, not both")
 
     def show(metrics: dict) -> None:  # before saving: a failed save must not lose them
         if as_json:
             click.echo(json.dumps(metrics, indent=2))
-        else:
-            _print_metrics(metrics, f"{model} on {dataset} ({split_name})")
+            return
+        _print_metrics(metrics, f"{model} on {dataset} ({split_name})")
+        if target_precision is not None:
+            click.echo(f"threshold {metrics['threshold']!r} reaches hierarchical precision {target_precision} "
+                       f"on the validation split; on {split_name}: "
+                       f"{metrics['hierarchical_precision']:.4f}")
+        if sweep:
+            from ktt_core.thresholds import format_sweep
+
+            click.echo(f"threshold sweep on the {split_name} split (calibration: {metrics['calibration']}):")
+            depth = sum(1 for key in metrics if key.startswith("level_") and key.endswith("_accuracy"))
+            click.echo(format_sweep(metrics["threshold_sweep"], depth))
 
     _, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
-                         device, split_name, decoding, threshold, show=show)
+                         device, split_name, decoding, threshold, show=show, calibrated=not raw_scores,
+                         sweep=sweep, target_precision=target_precision)
     if not as_json:
         click.echo(f"Saved to {saved}")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@_run_options
+@click.option("--device", default="auto", show_default=True)
+@click.option("--method", type=click.Choice(["per-level", "temperature", "none"]), default=None,
+              help="Temperature per level, one for all levels, or none (raw scores); default: the run's "
+                   "config key calibration.")
+@click.pass_context
+def calibrate(ctx, model, dataset, checkpoint, run_dir, device, method):
+    """Fit the confidence calibration of a trained MODEL on DATASET's validation split.
+
+    Training does this already; run it for a run trained before calibration existed, or to
+    change the method. The calibration is stored in the checkpoint and every later export."""
+    from ktt_core import jobs
+
+    jobs.calibrate(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device, method, click.echo)
 
 
 @cli.command()
@@ -498,8 +538,8 @@ def _print_metrics(metrics: dict, title: str) -> None:
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Predict with the ONNX export in DIR (ktt export --onnx) on onnxruntime, without torch.")
 @click.pass_context
-def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, threshold, top_k, as_json,
-            input_path, output_path, text_column, keep, chunk_size, onnx_dir):
+def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, threshold, raw_scores, top_k,
+            as_json, input_path, output_path, text_column, keep, chunk_size, onnx_dir):
     """Predict the label path of TEXTS, or of every text of an --input file, with a trained MODEL."""
     if bool(texts) == bool(input_path):
         raise KttError("give either TEXTS or --input FILE, not both" if texts else "give TEXTS or --input FILE")
@@ -525,10 +565,11 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
         source = (_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device)
     if input_path:
         n = runner.predict_file(*source, input_path, output_path, text_column, top_k, chunk_size, decoding,
-                                threshold, keep)
+                                threshold, keep, calibrated=not raw_scores)
         click.echo(f"wrote {n} predictions to {output_path}")
         return
-    for text, result in zip(texts, runner.predict(*source, list(texts), top_k, decoding, threshold)):
+    results = runner.predict(*source, list(texts), top_k, decoding, threshold, calibrated=not raw_scores)
+    for text, result in zip(texts, results):
         if as_json:
             click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
             continue
@@ -584,16 +625,21 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
               help="Port of the drift monitor (default: --port + 1).")
 @click.option("--max-request-mb", type=click.FloatRange(min=0.001, max=4096), default=None,
               help="Largest request body in MB; larger ones get 413 (default 10, or KTT_MAX_REQUEST_BYTES).")
+@click.option("--decoding", type=click.Choice(["consistent", "per-level"]), default="consistent",
+              show_default=True, help="Best path of the hierarchy, or each level's argmax on its own.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Stop at the deepest level whose (calibrated) confidence reaches T.")
 @click.pass_context
 def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, max_batch_size, max_latency_ms,
-          monitoring, monitor_port, max_request_mb):
+          monitoring, monitor_port, max_request_mb, decoding, threshold):
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
                          runtime=runtime, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
                          monitoring=monitoring, monitor_port=monitor_port or port + 1,
-                         max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None, echo=click.echo)
+                         max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None,
+                         decoding=decoding, threshold=threshold, echo=click.echo)
     sys.exit(code)
 
 

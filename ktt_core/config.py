@@ -19,6 +19,7 @@ from ktt_core.registry import ModelSpec
 COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "monitor": "exact_path_accuracy",  # validation metric that picks best.pt (or "loss")
+    "calibration": "per-level",        # per-level | temperature | none (ktt_core/calibration.py)
 }
 
 #: Keys of the core's transformer models (:class:`ktt_core.model.EncoderModel`); kept here,
@@ -52,6 +53,7 @@ CHOICES = {
     "pooling": ("mean", "cls"),
     "scheduler": ("constant", "linear"),
     "precision": ("auto", "fp32", "bf16"),
+    "calibration": ("per-level", "temperature", "none"),
     "monitor": ("exact_path_accuracy", "hierarchical_f1", "leaf_accuracy", "leaf_weighted_precision",
                 "leaf_auprc_micro", "loss"),
 }
@@ -175,6 +177,7 @@ def coerce(key: str, value: Any, default: Any, origin: str, spec: ModelSpec | No
 DESCRIPTIONS = {
     "seed": "random seed of initialisation, shuffling and dropout",
     "monitor": "validation metric that picks best.pt",
+    "calibration": "temperature scaling fit on validation after training: one per level, one for all, or none",
     "encoder": "Hugging Face name or local folder of the encoder",
     "pooling": "how token states become one text vector",
     "max_length": "tokens read per text (longer texts are cut)",

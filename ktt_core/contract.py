@@ -73,13 +73,17 @@ class Model(ABC):
     """A trained or trainable hierarchical classifier.
 
     Subclass it in a plugin and name the subclass in ``ModelSpec(model=...)``. Attributes
-    every model has: ``name`` (the ModelSpec's), ``hierarchy`` and ``config`` (the resolved
-    hyperparameters, a JSON-able dict).
+    every model has: ``name`` (the ModelSpec's), ``hierarchy``, ``config`` (the resolved
+    hyperparameters, a JSON-able dict) and ``calibration``.
     """
 
     name: str
     hierarchy: Hierarchy
     config: dict[str, Any]
+    #: How its scores are calibrated (:class:`ktt_core.calibration.Calibration`), set by the
+    #: core after training and on load; ``None``: raw scores. Models never apply it
+    #: themselves: :func:`ktt_core.scoring.predict` does, so every command agrees.
+    calibration = None
 
     @classmethod
     def base_defaults(cls) -> dict[str, Any]:

@@ -11,14 +11,17 @@ import json
 import os
 import time
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ktt_core import versioning
+from ktt_core.calibration import Calibration, fit_calibration
+from ktt_core.calibration_metrics import calibration_report
 from ktt_core.config import resolve_config
 from ktt_core.contract import LabelledTexts
 from ktt_core.data.datasets import Dataset
-from ktt_core.decoding import MODES, decode_levels, describe_all
+from ktt_core.decoding import MODES, Predictions, decode_levels, decode_scores, describe_all
 from ktt_core.environment import require_writable
 from ktt_core.errors import KttError
 from ktt_core.files import atomic_path, atomic_write_json
@@ -27,6 +30,7 @@ from ktt_core.metrics import compute_metrics
 from ktt_core.plots import plot_training
 from ktt_core.registry import ModelSpec
 from ktt_core.runs import RunContext
+from ktt_core.thresholds import sweep as threshold_sweep
 from ktt_core.scoring import predict as score_and_decode
 from ktt_core.scoring import score as score_only
 from ktt_core.workspace import Workspace
@@ -158,6 +162,8 @@ def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: l
     total = max(minutes, sum(r.get("seconds", 0.0) for r in history) / 60)
     session = f" ({_duration(minutes)} of it in this session)" if saved is not None else ""
     say(f"trained in {_duration(total)}{session}; best epoch {best_epoch}; run folder {run_dir}")
+    calibrate_checkpoint(plugins, spec, run_dir / "best.pt", val_split, device,
+                         config.get("calibration", "per-level"), say)
     title = f"{spec.name} on {dataset_name}: run {run_dir.name}"
     if plot_training(run_dir / "metrics.jsonl", run_dir / "training.png", title):
         say(f"training curves: {run_dir / 'training.png'}")
@@ -263,6 +269,47 @@ def describe_position(training: dict) -> str:
     return f"epoch {training.get('epoch')}, step {training.get('step')}"
 
 
+def calibrate(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
+              method: str | None = None, echo: Callable = print) -> Calibration:
+    """``ktt calibrate``: fit (again) the calibration of a trained run on DATASET's
+    validation split, e.g. for a run trained before calibration existed. ``method``
+    defaults to the run's config key ``calibration``."""
+    spec = plugins.model(model_name)
+    dataset = Dataset(ws.dataset_dir(dataset_name))
+    path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
+    require_writable(path.parent, f"run folder {path.parent}")
+    model = load_model(plugins, model_name, path)
+    df = dataset.split("val")
+    check_trained_on(model, dataset_name, df["path"], "val split")
+    val = LabelledTexts.from_paths(df["text"], df["path"], model.hierarchy)
+    with lock_run(path.parent, ws):
+        return calibrate_checkpoint(plugins, spec, path, val, _device(device),
+                                    method or model.config.get("calibration", "per-level"), echo, model)
+
+
+def calibrate_checkpoint(plugins, spec: ModelSpec, path: Path, val: LabelledTexts, device,
+                         method: str, say: Callable = print, model=None) -> Calibration:
+    """Fit the calibration of the model in ``path`` (``model``, when already loaded) on
+    ``val`` (:mod:`ktt_core.calibration`), store it in the checkpoint and say what it
+    changed (validation ECE per level)."""
+    from ktt_core.checkpoint import set_calibration
+
+    model = (model or load_model(plugins, spec.name, path)).to(device)
+    scores = score_only(plugins, spec, model, val.texts)
+    calibration = fit_calibration(model.hierarchy, scores.path_log_scores, val.targets, method)
+    set_calibration(path, calibration)
+    line = f"calibration: {calibration.describe()}"
+    if not calibration.is_identity:
+        raw = calibration_report(model.hierarchy, decode_scores(model.hierarchy, scores), val.targets)
+        fitted = calibration_report(model.hierarchy, decode_scores(model.hierarchy, scores, calibration=calibration),
+                                    val.targets)
+        line += "; validation ECE " + ", ".join(
+            f"L{d + 1} {raw[f'level_{d + 1}_ece']:.3f} -> {fitted[f'level_{d + 1}_ece']:.3f}"
+            for d in range(model.hierarchy.depth))
+    say(line)
+    return calibration
+
+
 def resolve_checkpoint(ws: Workspace, model: str, dataset: str, run_dir: str | None,
                        checkpoint: str | None) -> Path:
     if checkpoint and run_dir:
@@ -286,7 +333,9 @@ def load_model(plugins, model_name: str, path: Path):
     checkpoint = load_checkpoint(path)
     if checkpoint["model"] != model_name:
         raise KttError(f"{path}: checkpoint holds a {checkpoint['model']} model, not {model_name}")
-    return plugins.hook.ktt_load_model(spec=spec, checkpoint=checkpoint)
+    model = plugins.hook.ktt_load_model(spec=spec, checkpoint=checkpoint)
+    model.calibration = Calibration.from_dict(checkpoint.get("calibration"), model.hierarchy.depth, str(path))
+    return model
 
 
 def check_trained_on(model, dataset_name: str, paths, where: str) -> None:
@@ -311,11 +360,87 @@ def check_named_checkpoint(ws: Workspace, model, dataset_name: str, run_dir, che
 
 def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
          split_name: str = "test", decoding: str = "consistent", threshold: float | None = None,
-         show: Callable[[dict], None] | None = None) -> tuple[dict, Path]:
+         show: Callable[[dict], None] | None = None, calibrated: bool = True, sweep: bool = False,
+         target_precision: float | None = None) -> tuple[dict, Path]:
     """Metrics of a trained model on a dataset split; saved beside the checkpoint.
 
+    ``sweep`` adds ``threshold_sweep`` (:func:`ktt_core.thresholds.sweep` of the split);
+    ``target_precision`` P sets the threshold to the lowest one whose hierarchical precision
+    reaches P on the validation split (:func:`threshold_on_validation`).
+
+    Calibration error (ECE, Brier) is given per level for the scores used (calibrated
+    unless ``calibrated`` is False) and, as ``raw_level_D_*``, for the raw scores.
     ``show`` sees the metrics before they are saved: a read-only run folder or a full disk
     then fails the save without losing what was computed."""
+    evaluation = evaluate(ws, plugins, model_name, dataset_name, run_dir, checkpoint, device, split_name,
+                          calibrated)
+    h, data, predictions = evaluation.hierarchy, evaluation.data, evaluation.predictions
+    if target_precision is not None:
+        threshold = threshold_on_validation(ws, plugins, model_name, dataset_name, evaluation, device,
+                                            calibrated, target_precision)
+    level_ids = decode_levels(h, predictions, decoding, threshold)
+    metrics = {"model": model_name, "dataset": dataset_name, "split": split_name,
+               "checkpoint": str(evaluation.path), "decoding": decoding, "threshold": threshold,
+               "calibration": evaluation.calibration_line,
+               **compute_metrics(h, data.targets, level_ids, predictions.path_probs),
+               "loss": predictions.loss,
+               **calibration_report(h, predictions, data.targets)}
+    if evaluation.raw is not predictions:
+        metrics.update({f"raw_{k}": v for k, v in calibration_report(h, evaluation.raw, data.targets).items()})
+    if target_precision is not None:
+        metrics["target_precision"] = target_precision
+    if sweep:
+        metrics["threshold_sweep"] = threshold_sweep(h, data.targets, predictions.level_ids,
+                                                     predictions.confidences(h))
+    # How often each decoding mode gives a path that exists in the hierarchy.
+    for mode in MODES:
+        ids = level_ids if mode == decoding else decode_levels(h, predictions, mode, threshold)
+        metrics[f"consistency_rate_{mode.replace('-', '_')}"] = float(h.is_consistent(ids).mean())
+    saved = evaluation.path.parent / f"{split_name}_metrics.json"
+    if show is not None:
+        show(metrics)
+    with lock_run(evaluation.path.parent, ws):  # not while a training writes that run
+        atomic_write_json(saved, metrics)
+    return metrics, saved
+
+
+def threshold_on_validation(ws: Workspace, plugins, model_name: str, dataset_name: str, evaluation, device,
+                            calibrated: bool, target: float) -> float:
+    """The lowest threshold whose hierarchical precision on the validation split reaches
+    ``target`` (:func:`ktt_core.thresholds.threshold_for_precision`); KttError when none does."""
+    from ktt_core.thresholds import threshold_for_precision
+
+    if not 0 < target <= 1:
+        raise KttError(f"--target-precision {target}: must be in (0, 1]")
+    val = evaluation if evaluation.split == "val" else evaluate(
+        ws, plugins, model_name, dataset_name, None, evaluation.path, device, "val", calibrated)
+    h, p = val.hierarchy, val.predictions
+    threshold, row = threshold_for_precision(h, val.data.targets, p.level_ids, p.confidences(h), target)
+    if threshold is None:
+        best = max(r["hierarchical_precision"] for r in threshold_sweep(h, val.data.targets, p.level_ids,
+                                                                        p.confidences(h)))
+        raise KttError(f"--target-precision {target}: no threshold reaches it on the validation split "
+                       f"(the best is {best:.3f}); ask for less")
+    return float(threshold)
+
+
+@dataclass
+class Evaluation:
+    """A trained model's decoded predictions on one split, calibrated and raw."""
+
+    path: Path                      # the checkpoint
+    split: str
+    model: object
+    hierarchy: object
+    data: LabelledTexts
+    predictions: Predictions        # calibrated unless asked otherwise
+    raw: Predictions                # the raw scores (the same object when uncalibrated)
+    calibration_line: str
+
+
+def evaluate(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
+             split_name: str = "test", calibrated: bool = True) -> Evaluation:
+    """Score a split of a dataset with a trained model once; decode it calibrated and raw."""
     plugins.model(model_name)  # an unknown model is named as such, not as a missing run
     dataset = Dataset(ws.dataset_dir(dataset_name))
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
@@ -324,29 +449,26 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
     check_trained_on(model, dataset_name, df["path"], f"{split_name} split")
     data = LabelledTexts.from_paths(df["text"], df["path"], model.hierarchy)
     spec = plugins.model(model_name)
-    predictions = score_and_decode(plugins, spec, model.to(_device(device)), data)
+    scores = score_only(plugins, spec, model.to(_device(device)), data.texts)
     h = model.hierarchy
-    level_ids = decode_levels(h, predictions, decoding, threshold)
-    metrics = {"model": model_name, "dataset": dataset_name, "split": split_name, "checkpoint": str(path),
-               "decoding": decoding, "threshold": threshold,
-               **compute_metrics(h, data.targets, level_ids, predictions.path_probs),
-               "loss": predictions.loss}
-    # How often each decoding mode gives a path that exists in the hierarchy.
-    for mode in MODES:
-        ids = level_ids if mode == decoding else decode_levels(h, predictions, mode, threshold)
-        metrics[f"consistency_rate_{mode.replace('-', '_')}"] = float(h.is_consistent(ids).mean())
-    saved = path.parent / f"{split_name}_metrics.json"
-    if show is not None:
-        show(metrics)
-    with lock_run(path.parent, ws):  # not while a training writes that run
-        atomic_write_json(saved, metrics)
-    return metrics, saved
+    raw = decode_scores(h, scores, data.targets)
+    calibration = model.calibration if calibrated else None
+    if calibration is None or calibration.is_identity:
+        predictions = raw
+        line = ("off (--no-calibration)" if not calibrated and model.calibration is not None
+                else calibration.describe() if calibration is not None
+                else "none (the checkpoint has none; ktt calibrate fits one)")
+    else:
+        predictions = decode_scores(h, scores, data.targets, calibration)
+        line = calibration.describe()
+    return Evaluation(path, split_name, model, h, data, predictions, raw, line)
 
 
 def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
             texts: list[str], top_k: int = 1, decoding: str = "consistent",
-            threshold: float | None = None) -> list[dict]:
-    """Predicted path, per-level scores and the ``top_k`` best paths of each text."""
+            threshold: float | None = None, calibrated: bool = True) -> list[dict]:
+    """Predicted path, per-level scores and the ``top_k`` best paths of each text (scores
+    calibrated unless ``calibrated`` is False)."""
     plugins.model(model_name)
     for i, text in enumerate(texts, 1):
         if not text.strip():
@@ -355,6 +477,8 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
     model = load_model(plugins, model_name, path)
     check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
     model = model.to(_device(device))
+    if not calibrated:
+        model.calibration = None
     predictions = score_and_decode(plugins, plugins.model(model_name), model, texts)
     return describe_all(model.hierarchy, predictions, top_k, decoding, threshold)
 
@@ -362,7 +486,7 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
 def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
                  input_path, output_path, text_column: str = "text", top_k: int = 1,
                  chunk_size: int = 2048, decoding: str = "consistent", threshold: float | None = None,
-                 keep=()) -> int:
+                 keep=(), calibrated: bool = True) -> int:
     """Predict every text of a file into another, chunk by chunk; returns the rows written."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
@@ -374,6 +498,8 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     model = load_model(plugins, model_name, path)
     check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
     model = model.to(_device(device))
+    if not calibrated:
+        model.calibration = None
     spec = plugins.model(model_name)
 
     def predict_chunk(texts: list[str]) -> list[dict]:

@@ -80,6 +80,14 @@ def read_export_info(directory: Path, fmt: str, schema: dict) -> dict:
     return info
 
 
+def _calibration(info: dict, hierarchy: Hierarchy, info_path: Path):
+    """The export's calibration (``ktt.json`` ``calibration``), applied to its scores as the
+    checkpoint's is (:mod:`ktt_core.calibration`); ``None`` for raw scores."""
+    from ktt_core.calibration import Calibration
+
+    return Calibration.from_dict(info.get("calibration"), hierarchy.depth, str(info_path))
+
+
 class OnnxModel:
     """An exported model folder, checked and ready to predict with onnxruntime.
 
@@ -112,6 +120,7 @@ class OnnxModel:
             raise KttError(f"{onnx_path}: content hash does not match ktt.json; the file is damaged or was "
                            "replaced (export the model again)")
         self.hierarchy: Hierarchy = Hierarchy.load(directory / "hierarchy.json")
+        self.calibration = _calibration(info, self.hierarchy, info_path)
         self._tokenizer = None
         if self.inputs_kind == "token_ids":
             self._tokenizer = self._load_tokenizer(directory / "tokenizer" / "tokenizer.json",
@@ -223,7 +232,7 @@ class OnnxModel:
         h = self.hierarchy
         levels = out.get("level_log_scores")
         per_level = None if levels is None else h.split_levels(levels)
-        return decode(h, out["path_log_scores"], None, per_level), out["features"]
+        return decode(h, out["path_log_scores"], None, per_level, self.calibration), out["features"]
 
     def describe(self, texts: list[str], top_k: int = 1, decoding: str = "consistent",
                  threshold: float | None = None, batch_size: int | None = None) -> list[dict]:
@@ -253,6 +262,7 @@ class OnnxEnsemble:
             raise KttError(f"{info_path}: missing or malformed field ({_one_line(exc)})") from None
         self.info = info
         self.hierarchy = Hierarchy.load(directory / "hierarchy.json")
+        self.calibration = _calibration(info, self.hierarchy, info_path)
         self.members = [OnnxModel(folder, providers, threads) for folder in folders]
         if len(self.members) != len(self.weights):
             raise KttError(f"{info_path}: {len(self.members)} members but {len(self.weights)} weights")
@@ -289,31 +299,34 @@ def open_onnx(directory, providers: Sequence[str] | None = None, threads: int | 
 
 # -- what ``ktt predict --onnx`` calls -----------------------------------------------------
 
-def open_export(model_name: str, directory):
-    """The export in ``directory``, refusing one of another model than ``model_name``."""
+def open_export(model_name: str, directory, calibrated: bool = True):
+    """The export in ``directory``, refusing one of another model than ``model_name``; with
+    ``calibrated`` False its scores stay raw (``--no-calibration``)."""
     model = open_onnx(directory)
+    if not calibrated:
+        model.calibration = None
     if model.name != model_name:
         raise KttError(f"{Path(directory) / 'ktt.json'}: this is an export of {model.name}, not {model_name}")
     return model
 
 
 def predict(model_name: str, directory, texts: list[str], top_k: int = 1, decoding: str = "consistent",
-            threshold: float | None = None) -> list[dict]:
+            threshold: float | None = None, calibrated: bool = True) -> list[dict]:
     """``jobs.predict`` with an ONNX export instead of a checkpoint."""
     for i, text in enumerate(texts, 1):
         if not text.strip():
             raise KttError(f"text {i} is empty")
-    return open_export(model_name, directory).describe(list(texts), top_k, decoding, threshold)
+    return open_export(model_name, directory, calibrated).describe(list(texts), top_k, decoding, threshold)
 
 
 def predict_file(model_name: str, directory, input_path, output_path, text_column: str = "text",
                  top_k: int = 1, chunk_size: int = 2048, decoding: str = "consistent",
-                 threshold: float | None = None, keep=()) -> int:
+                 threshold: float | None = None, keep=(), calibrated: bool = True) -> int:
     """``jobs.predict_file`` with an ONNX export: every text of a file into another, by chunks."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
     source = TextSource(input_path, text_column, chunk_size, keep)
     check_output(output_path, source)
-    model = open_export(model_name, directory)
+    model = open_export(model_name, directory, calibrated)
     return write_predictions(source, output_path, lambda texts: model.describe(texts, top_k, decoding, threshold),
                              model.hierarchy.depth, top_k)

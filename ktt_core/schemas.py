@@ -125,6 +125,18 @@ def _short(value, limit: int = 60) -> str:
 
 
 #: ``ktt.json`` of an ONNX export (:mod:`ktt_core.export.onnx`, the TF-IDF plugin's export).
+#: A stored calibration (:class:`ktt_core.calibration.Calibration`); null: raw scores.
+CALIBRATION_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "required": ["method", "temperatures"],
+    "properties": {
+        "method": {"enum": ["per-level", "temperature", "none"]},
+        "temperatures": {"type": "array", "minItems": 1, "items": {"type": "number", "exclusiveMinimum": 0}},
+        "note": {"type": "string"},
+        "fit": {"type": "object"},
+    },
+}
+
 #: Fields a plugin adds are allowed; the ones KTT reads are checked.
 ONNX_INFO_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -144,6 +156,7 @@ ONNX_INFO_SCHEMA: dict[str, Any] = {
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}},
         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "opset": {"type": "integer", "minimum": 1},
+        "calibration": CALIBRATION_SCHEMA,
     },
     # Graphs over token ids truncate texts to max_length, so they must say it.
     "if": {"not": {"required": ["inputs_kind"], "properties": {"inputs_kind": {"const": "text"}}}},
@@ -167,6 +180,7 @@ ENSEMBLE_INFO_SCHEMA: dict[str, Any] = {
                               "properties": {"folder": {"type": "string", "pattern": "^members/[0-9]+$"}}}},
         "weights": {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": 0}},
         "combine": {"enum": ["probability", "log"]},
+        "calibration": CALIBRATION_SCHEMA,
     },
 }
 

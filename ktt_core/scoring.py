@@ -48,16 +48,18 @@ def score(plugins, spec, model, texts: Sequence[str], features: bool = False) ->
     return Scores(paths, levels, feats, result.loss)
 
 
-def predict(plugins, spec, model, data: LabelledTexts | Sequence[str]) -> Predictions:
-    """Decoded predictions (consistent best paths, path probabilities, loss when labelled)."""
+def predict(plugins, spec, model, data: LabelledTexts | Sequence[str], calibrated: bool = True) -> Predictions:
+    """Decoded predictions (consistent best paths, path probabilities, loss when labelled),
+    with the model's calibration unless ``calibrated`` is False (``--no-calibration``)."""
     texts, targets = (data.texts, data.targets) if isinstance(data, LabelledTexts) else (list(data), None)
-    return decode_scores(model.hierarchy, score(plugins, spec, model, texts), targets)
+    return decode_scores(model.hierarchy, score(plugins, spec, model, texts), targets,
+                         model.calibration if calibrated else None)
 
 
 def predict_with_features(plugins, spec, model, texts: Sequence[str]) -> tuple[Predictions, np.ndarray]:
-    """Decoded predictions and the drift features of ``texts`` (the service's call)."""
+    """Decoded (calibrated) predictions and the drift features of ``texts`` (the service's call)."""
     scores = score(plugins, spec, model, texts, features=True)
-    return decode_scores(model.hierarchy, scores), scores.features
+    return decode_scores(model.hierarchy, scores, calibration=model.calibration), scores.features
 
 
 def reference_set(plugins, spec, model, data: LabelledTexts) -> pd.DataFrame:

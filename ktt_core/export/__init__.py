@@ -78,6 +78,20 @@ def _export(plugins, model_name, dataset, model, path: Path, out: Path, onnx, be
             yield f"docker-compose stack written to {write_compose(spec, tag, out / 'compose', reference, force)}"
 
 
+def _store_calibration(model, info_path: Path) -> None:
+    """Add the model's calibration to the ``ktt.json`` a plugin wrote, so the export's
+    runtime applies it as the checkpoint's model does (plugins need not know of it)."""
+    import json
+
+    from ktt_core.files import atomic_write_json
+
+    if model.calibration is None or not info_path.is_file():
+        return
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["calibration"] = model.calibration.to_dict()
+    atomic_write_json(info_path, info)
+
+
 def export_with_hook(plugins, model, fmt: str, directory: Path, force: bool = False) -> Path:
     """Export ``model`` as ``fmt`` into ``directory`` through the ``ktt_export`` hook.
 
@@ -95,6 +109,7 @@ def export_with_hook(plugins, model, fmt: str, directory: Path, force: bool = Fa
         if written is None:
             raise KttError(f"no installed plugin exports {model.name} as {fmt}")
         if fmt == "onnx":
+            _store_calibration(model, tmp / "ktt.json")
             write_manifest(tmp)
             check_onnx_parity(plugins, spec, model, tmp)
     return directory

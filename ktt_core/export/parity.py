@@ -33,6 +33,9 @@ def check_onnx_parity(plugins, spec, model, directory: Path) -> float:
         runtime = open_onnx(directory)
     except KttError as exc:
         raise KttError(f"ONNX export of {model.name} does not load: {exc}") from None
+    stored = runtime.calibration.to_dict() if runtime.calibration is not None else None
+    if stored != (model.calibration.to_dict() if model.calibration is not None else None):
+        raise KttError(f"ONNX export of {model.name}: ktt.json does not hold the model's calibration")
     texts = probe_texts(model.hierarchy)
     want = score(plugins, spec, model, texts, features=True)
     got = runtime.scores(texts, batch_size=4)  # two batches: batching is checked too

@@ -9,7 +9,7 @@ from ktt_core.errors import KttError
 def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, host: str, port: int,
           runtime: str = "torch", max_batch_size: int = 64, max_latency_ms: int = 2000,
           monitoring: bool = False, monitor_port: int | None = None, max_request_bytes: int | None = None,
-          echo: Callable = print) -> int:
+          decoding: str = "consistent", threshold: float | None = None, echo: Callable = print) -> int:
     """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code."""
     from ktt_core.export import export_with_hook
     from ktt_core.export.bento import model_tag_name, save_model
@@ -48,7 +48,9 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
     tag = save_model(plugins, model, path, dataset, include_onnx=onnx_dir)
     echo(f"serving {tag} ({runtime}) from {path}")
     env = {"KTT_MODEL": model_name, "KTT_BENTO_MODEL": tag, "KTT_RUNTIME": runtime,
-           "KTT_MAX_BATCH_SIZE": max_batch_size, "KTT_MAX_LATENCY_MS": max_latency_ms}
+           "KTT_MAX_BATCH_SIZE": max_batch_size, "KTT_MAX_LATENCY_MS": max_latency_ms, "KTT_DECODING": decoding}
+    if threshold is not None:  # compared with calibrated confidences, as ktt predict does
+        env["KTT_THRESHOLD"] = threshold
     if max_request_bytes:
         env["KTT_MAX_REQUEST_BYTES"] = max_request_bytes
     processes = []
