@@ -142,11 +142,22 @@ def peer_row(name, h, true, predicted, started) -> dict:
 
 def write_report(rows: list[dict], out: Path, command: str, device: str) -> None:
     header = ["model", "exact path acc", "L1 acc", "L2 acc", "L1 macro-F1", "L2 macro-F1", "hier. F1",
-              "consistency", "per-level consistency", "train s", "predict texts/s", "size MB", "device"]
+              "consistency", "per-level consistency", "ECE L1 raw→calibrated", "ECE leaf raw→calibrated",
+              "train s", "predict texts/s", "size MB", "device"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     fmt = lambda r, k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "–"  # noqa: E731
+    depth = max((int(k.split("_")[1]) for r in rows for k in r if k.startswith("level_") and k.endswith("_ece")),
+                default=1)
+
+    def ece(r, level):  # raw -> calibrated expected calibration error of one level
+        raw, calibrated = r.get(f"raw_level_{level}_ece"), r.get(f"level_{level}_ece")
+        if calibrated is None:
+            return "–"
+        return f"{raw if raw is not None else calibrated:.3f} → {calibrated:.3f}"
+
     for r in sorted(rows, key=lambda r: -r["exact_path_accuracy"]):
-        lines.append("| " + " | ".join([r["name"], *(fmt(r, k) for k in COLUMNS), str(r["train_seconds"]),
+        lines.append("| " + " | ".join([r["name"], *(fmt(r, k) for k in COLUMNS), ece(r, 1), ece(r, depth),
+                                        str(r["train_seconds"]),
                                         str(r.get("texts_per_second") or "–"), str(r.get("size_mb") or "–"),
                                         device if r["kind"] == "KTT" else "cpu"]) + " |")
     table = "\n".join(lines)

@@ -131,8 +131,8 @@ def test_ece_and_brier_by_hand():
     # Two bins: 0.25 (right 1 of 2 -> 0.25 gap) and 1.0 (exactly 1.0 is in the last bin, all right).
     conf, correct = np.array([0.25, 0.25, 1.0, 1.0]), np.array([1, 0, 1, 1])
     assert expected_calibration_error(conf, correct) == pytest.approx(0.5 * 0.25)
-    bins = reliability_bins(conf, correct)
-    assert bins[-1]["count"] == 2 and bins[2]["count"] == 2 and bins[0]["count"] == 0
+    count, _, _ = reliability_bins(conf, correct)
+    assert count[-1] == 2 and count[2] == 2 and count[0] == 0
     # Brier: [0.7, 0.2, 0.1] with truth 0 -> 0.09 + 0.04 + 0.01; [0.5, 0.5, 0] with truth 2 -> 0.25 + 0.25 + 1.
     probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.5, 0.0]])
     assert multiclass_brier(probs, np.array([0, 2])) == pytest.approx((0.14 + 1.5) / 2)

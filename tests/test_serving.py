@@ -60,15 +60,37 @@ def trained(tmp_path_factory, tiny_encoder, bento_env):
     return ws
 
 
+#: Texts whose served, torch and ONNX answers are compared under one threshold.
+THRESHOLD_TEXTS = ["edible apple new", "household pan small", "playful doll red", "edible bread premium",
+                   "household shovel", "playful jigsaw board game for the family", "apple pan doll",
+                   "premium small red", "edible cheese", "playful ball", "household lamp new", "bread doll"]
+
+
+def prediction_lines(ws: Path, texts: list[str], *options) -> list[dict]:
+    out = ktt_cli(ws, "predict", MODEL, "shop", *texts, "--json", *options).stdout.splitlines()
+    return [json.loads(line) for line in out]
+
+
 @pytest.fixture(scope="module")
-def server(trained):
-    """`ktt serve --monitoring` in a child process; yields (service URL, monitor URL, process)."""
+def threshold(trained):
+    """A threshold that cuts some of THRESHOLD_TEXTS short and not others: the median of their
+    calibrated level-2 confidences."""
+    import numpy as np
+
+    scores = [p["levels"][1]["score"] for p in prediction_lines(trained, THRESHOLD_TEXTS)]
+    return round(float(np.median(scores)), 6)
+
+
+@pytest.fixture(scope="module")
+def server(trained, threshold):
+    """`ktt serve --monitoring --threshold T` in a child process; yields (service URL, monitor
+    URL, process)."""
     port, monitor_port = free_port(), free_port()
     log = open(trained.parent / "serve.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "ktt_core", "--workspace", str(trained), "serve", MODEL, "shop",
          "--host", "127.0.0.1", "--port", str(port), "--monitoring", "--monitor-port", str(monitor_port),
-         "--max-latency-ms", "1000"],
+         "--max-latency-ms", "1000", "--threshold", str(threshold)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -111,12 +133,11 @@ def predict(url: str, body, **kwargs) -> httpx.Response:
     return httpx.post(f"{url}/predict", json=body, timeout=60, **kwargs)
 
 
-def offline_paths(ws: Path, texts: list[str]) -> list[list[str]]:
-    out = ktt_cli(ws, "predict", MODEL, "shop", *texts, "--json").stdout.splitlines()
-    return [json.loads(line)["path"] for line in out]
+def offline_paths(ws: Path, texts: list[str], *options) -> list[list[str]]:
+    return [p["path"] for p in prediction_lines(ws, texts, *options)]
 
 
-def test_predict_one_and_many_texts_as_the_cli_does(server, trained):
+def test_predict_one_and_many_texts_as_the_cli_does(server, trained, threshold):
     url, _, _ = server
     texts = ["edible apple new", "household pan small", "playful doll red", "edible bread premium"]
     one = predict(url, {"text": texts[0]})
@@ -126,15 +147,45 @@ def test_predict_one_and_many_texts_as_the_cli_does(server, trained):
     first = body["predictions"][0]
     assert first["text"] == texts[0] and "top_k" not in first
     assert [lv["label"] for lv in first["levels"]] == first["path"] and first["label"] == " > ".join(first["path"])
-    assert first["levels"][0]["score"] >= first["levels"][1]["score"] >= first["score"] - 1e-6
+    scores = [lv["score"] for lv in first["levels"]]
+    assert scores == sorted(scores, reverse=True)
 
     many = predict(url, {"texts": texts, "top_k": 3}).json()["predictions"]
     assert [p["text"] for p in many] == texts
-    assert [p["path"] for p in many] == offline_paths(trained, texts)
+    assert [p["path"] for p in many] == offline_paths(trained, texts, "--threshold", threshold)
     for p in many:
         scores = [alt["score"] for alt in p["top_k"]]
         assert len(scores) == 3 and scores == sorted(scores, reverse=True)
-        assert p["top_k"][0]["path"] == p["path"]
+        assert p["top_k"][0]["path"][:len(p["path"])] == p["path"]
+
+
+def test_thresholds_on_calibrated_scores_agree_across_torch_onnx_and_server(server, trained, threshold):
+    """One threshold, three runtimes (torch checkpoint, ONNX export, the served model): the
+    same paths cut at the same levels, and the scores compared are the calibrated ones."""
+    from ktt_core.checkpoint import load_checkpoint
+
+    url, _, _ = server
+    run = sorted((trained / "runs" / MODEL / "shop").iterdir())[-1]
+    calibration = load_checkpoint(run / "best.pt")["calibration"]
+    assert calibration["method"] == "per-level" and calibration["temperatures"] != [1.0, 1.0]
+
+    served = [p["path"] for p in predict(url, {"texts": THRESHOLD_TEXTS}).json()["predictions"]]
+    with_torch = offline_paths(trained, THRESHOLD_TEXTS, "--threshold", threshold)
+    export = trained.parent / "threshold-export"
+    ktt_cli(trained, "export", MODEL, "shop", "--onnx", "--output", export)
+    assert json.loads((export / "onnx" / "ktt.json").read_text())["calibration"] == calibration
+    with_onnx = offline_paths(trained, THRESHOLD_TEXTS, "--threshold", threshold, "--onnx", export / "onnx")
+    assert served == with_torch == with_onnx
+    lengths = {len(path) for path in served}
+    assert lengths == {1, 2}, f"threshold {threshold} should cut some paths and keep others: {served}"
+
+    calibrated = prediction_lines(trained, THRESHOLD_TEXTS)
+    raw = prediction_lines(trained, THRESHOLD_TEXTS, "--no-calibration")
+    assert [p["path"] for p in calibrated] == [p["path"] for p in raw]   # calibration never moves the best path
+    assert any(abs(a["levels"][1]["score"] - b["levels"][1]["score"]) > 1e-4 for a, b in zip(calibrated, raw))
+    raw_onnx = prediction_lines(trained, THRESHOLD_TEXTS, "--no-calibration", "--onnx", export / "onnx")
+    for a, b in zip(raw, raw_onnx):
+        assert abs(a["levels"][1]["score"] - b["levels"][1]["score"]) < 1e-4
 
 
 BAD_BODIES = [  # (raw body, status, text expected in the answer)
