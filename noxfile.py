@@ -46,3 +46,4 @@ def demo(session: nox.Session) -> None:
     ktt("train", "ensemble", DEMO_DATASET, "--set", "members=tfidf_lsgd,db_linear")
     ktt("compare", "tfidf_lsgd,db_linear,ensemble", DEMO_DATASET)
     ktt("predict", "ensemble", DEMO_DATASET, "Equate nasal allergy spray 24HR", "--top-k", "3")
+    ktt("report", "ensemble", DEMO_DATASET)  # one HTML page: where the model fails, calibration, thresholds

@@ -469,6 +469,31 @@ def calibrate(ctx, model, dataset, checkpoint, run_dir, device, method):
 
 
 @cli.command()
+@click.argument("model")
+@click.argument("dataset")
+@_run_options
+@click.option("--device", default="auto", show_default=True)
+@click.option("--split", "split_name", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the HTML file (default: RUN/report-SPLIT.html).")
+@click.option("--peers", "peers_file", type=click.Path(dir_okay=False), default=None,
+              help="benchmarks/quality.py results (JSON) to compare with "
+                   "(default: WORKSPACE/reports/quality-DATASET.json when it exists).")
+@click.pass_context
+def report(ctx, model, dataset, checkpoint, run_dir, device, split_name, output, peers_file):
+    """Write a self-contained HTML evaluation report of a trained MODEL on DATASET.
+
+    Headline metrics, per-level and per-class tables, the most confused classes, the worst
+    errors, reliability diagrams before and after calibration, the threshold sweep and the
+    training curves, in one file that opens offline."""
+    from ktt_core import jobs
+
+    path = jobs.report(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device, split_name,
+                       output, peers_file)
+    click.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KB; open it in a browser)")
+
+
+@cli.command()
 @click.argument("models")
 @click.argument("dataset")
 @click.option("--split", "split_name", type=click.Choice(["test", "val"]), default="test", show_default=True)

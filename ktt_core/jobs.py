@@ -404,6 +404,52 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
     return metrics, saved
 
 
+def report(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
+           split_name: str = "test", output=None, peers_file=None) -> Path:
+    """``ktt report``: the self-contained HTML evaluation report of a trained run on a split
+    (:mod:`ktt_core.report`), written into the run folder (or ``output``); returns its path.
+
+    Peers are the rows of a ``benchmarks/quality.py`` result (``peers_file``, default
+    ``WORKSPACE/reports/quality-DATASET.json`` when it exists)."""
+    from ktt_core.report import ReportData, write_report
+
+    evaluation = evaluate(ws, plugins, model_name, dataset_name, run_dir, checkpoint, device, split_name)
+    h, data, p = evaluation.hierarchy, evaluation.data, evaluation.predictions
+    run = evaluation.path.parent
+    target = Path(output) if output else run / f"report-{split_name}.html"
+    require_writable(target.parent, f"--output {output}" if output else f"run folder {run}")
+    metrics = {**compute_metrics(h, data.targets, p.level_ids, p.path_probs),
+               **calibration_report(h, p, data.targets)}
+    calibration = evaluation.model.calibration
+    raw_confidences = None
+    if evaluation.raw is not p:
+        metrics.update({f"raw_{k}": v for k, v in calibration_report(h, evaluation.raw, data.targets).items()})
+        raw_confidences = evaluation.raw.confidences(h)
+    records = run / "metrics.jsonl"
+    training = ([json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+                if records.is_file() else [])
+    peers_path = Path(peers_file) if peers_file else ws.root / "reports" / f"quality-{dataset_name}.json"
+    peers = []
+    if peers_file or peers_path.is_file():
+        try:
+            peers = json.loads(peers_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise KttError(f"--peers {peers_path}: cannot read it as benchmarks/quality.py JSON ({exc})") from None
+        if not isinstance(peers, list) or not all(isinstance(r, dict) for r in peers):
+            raise KttError(f"--peers {peers_path}: expected a list of result rows (benchmarks/quality.py JSON)")
+    data_ = ReportData(
+        model=model_name, dataset=dataset_name, run=run.name, hierarchy=h, texts=data.texts,
+        true_ids=data.targets, pred_ids=p.level_ids, confidences=p.confidences(h),
+        raw_confidences=raw_confidences, metrics=metrics,
+        calibration=None if calibration is None else calibration.to_dict(),
+        sweep=threshold_sweep(h, data.targets, p.level_ids, p.confidences(h)), training=training,
+        peers=peers, created=time.strftime("%Y-%m-%d %H:%M"))
+    with contextlib.ExitStack() as held:
+        if target.resolve().parent == run.resolve():
+            held.enter_context(lock_run(run, ws))  # not while a training writes that run
+        return write_report(target, data_)
+
+
 def threshold_on_validation(ws: Workspace, plugins, model_name: str, dataset_name: str, evaluation, device,
                             calibrated: bool, target: float) -> float:
     """The lowest threshold whose hierarchical precision on the validation split reaches

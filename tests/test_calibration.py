@@ -42,7 +42,8 @@ def test_temperature_fit_recovers_the_miscalibration_and_lowers_ece():
     for level in (1, 2):
         assert fitted[f"level_{level}_ece"] < raw[f"level_{level}_ece"] / 2
         assert fitted[f"level_{level}_brier"] < raw[f"level_{level}_brier"]
-    assert calibration.fit["val_nll_after"]["level_2"] < calibration.fit["val_nll_before"]["level_2"]
+    record = calibration.fit["levels"]["level_2"]
+    assert record["val_nll"] < record["val_nll_raw"] and record["val_ece"] < record["val_ece_raw"]
 
 
 def test_per_level_fits_each_level_and_never_changes_the_best_path():
