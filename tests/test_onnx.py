@@ -19,6 +19,7 @@ from helpers import assert_clean_error, run_ktt_blocking, run_python_blocking
 
 from ktt_core.data.batches import Collate, encode_texts
 from ktt_core.errors import KttError
+from ktt_core.decoding import decode
 from ktt_core.jobs import load_model
 from ktt_core.onnx_runtime import OnnxModel
 from ktt_core.plugins import Plugins
@@ -107,8 +108,12 @@ def test_export_folder_and_graph_match_torch(exported, name):
     ids, mask = runtime.encode(TEXTS)
     want = _torch_outputs(model, ids, mask)
     np.testing.assert_allclose(features, want["features"], atol=TOLERANCE)
-    probs = np.exp(want["path_log_scores"] - want["path_log_scores"].max(1, keepdims=True))
-    np.testing.assert_allclose(predictions.path_probs, probs / probs.sum(1, keepdims=True), atol=TOLERANCE)
+    # The export carries the checkpoint's calibration and applies it as the model does.
+    assert runtime.calibration is not None and runtime.calibration.to_dict() == model.calibration.to_dict()
+    expected = decode(model.hierarchy, want["path_log_scores"], calibration=model.calibration)
+    np.testing.assert_allclose(predictions.path_probs, expected.path_probs, atol=TOLERANCE)
+    for got_level, want_level in zip(predictions.confidences(model.hierarchy), expected.confidences(model.hierarchy)):
+        np.testing.assert_allclose(got_level, want_level, atol=TOLERANCE)
     assert (predictions.level_log_scores is not None) == has_levels
     empty, no_features = runtime.run([])
     assert empty.path_probs.shape == (0, model.hierarchy.n_leaves) and no_features.shape == (0, 24)
