@@ -618,18 +618,22 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
               help="Folder for the files written (default: RUN/export).")
 @click.option("--force", is_flag=True,
               help="Replace an earlier export that was changed since; files KTT did not write are never deleted.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="With --onnx: also write an int8 copy (onnx-int8/) and compare its accuracy on the test split.")
 @click.pass_context
-def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, monitoring, output, force):
+def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, monitoring, output, force, quantize):
     """Export a trained MODEL: --onnx, --bento (BentoML model store), --build (a Bento)."""
     from ktt_core import export as exporting
 
+    if quantize and not to_onnx:
+        raise KttError(f"--quantize {quantize} goes with --onnx: it quantizes the ONNX export")
     if not (to_onnx or to_bento):
         raise KttError("say what to export: --onnx and/or --bento")
     if (build or monitoring) and not to_bento:
         raise KttError("--build and --monitoring go with --bento")
     for line in exporting.export_run(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
                                      onnx=to_onnx, bento=to_bento, build=build, monitoring=monitoring,
-                                     output=output, force=force):
+                                     output=output, force=force, quantize=quantize):
         click.echo(line)
 
 
@@ -641,6 +645,8 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="Run the model with PyTorch or with onnxruntime.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="With --runtime onnx: serve the int8 export (its accuracy is compared on the test split first).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Adaptive batching: most texts per model call.")
 @click.option("--max-latency-ms", type=click.IntRange(min=1), default=2000, show_default=True,
@@ -655,13 +661,14 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Stop at the deepest level whose (calibrated) confidence reaches T.")
 @click.pass_context
-def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, max_batch_size, max_latency_ms,
+def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, quantize, max_batch_size, max_latency_ms,
           monitoring, monitor_port, max_request_mb, decoding, threshold):
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
-                         runtime=runtime, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
+                         runtime=runtime, quantize=quantize, max_batch_size=max_batch_size,
+                         max_latency_ms=max_latency_ms,
                          monitoring=monitoring, monitor_port=monitor_port or port + 1,
                          max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None,
                          decoding=decoding, threshold=threshold, echo=click.echo)

@@ -137,6 +137,20 @@ CALIBRATION_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: What an int8 export (:mod:`ktt_core.export.quantize`) says of itself: ``quantized`` and, in
+#: the top ``ktt.json`` of the folder, the accuracy comparison made when it was written.
+QUANTIZED_SCHEMA: dict[str, Any] = {"enum": ["int8"]}
+QUANTIZATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["accuracy_fp32", "accuracy_int8", "rows", "speedup"],
+    "properties": {
+        "accuracy_fp32": {"type": "number", "minimum": 0, "maximum": 1},
+        "accuracy_int8": {"type": "number", "minimum": 0, "maximum": 1},
+        "rows": {"type": "integer", "minimum": 1},
+        "speedup": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
 #: Fields a plugin adds are allowed; the ones KTT reads are checked.
 ONNX_INFO_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -157,6 +171,8 @@ ONNX_INFO_SCHEMA: dict[str, Any] = {
         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
         "opset": {"type": "integer", "minimum": 1},
         "calibration": CALIBRATION_SCHEMA,
+        "quantized": QUANTIZED_SCHEMA,
+        "quantization": QUANTIZATION_SCHEMA,
     },
     # Graphs over token ids truncate texts to max_length, so they must say it.
     "if": {"not": {"required": ["inputs_kind"], "properties": {"inputs_kind": {"const": "text"}}}},
@@ -181,6 +197,8 @@ ENSEMBLE_INFO_SCHEMA: dict[str, Any] = {
         "weights": {"type": "array", "minItems": 1, "items": {"type": "number", "minimum": 0}},
         "combine": {"enum": ["probability", "log"]},
         "calibration": CALIBRATION_SCHEMA,
+        "quantized": QUANTIZED_SCHEMA,
+        "quantization": QUANTIZATION_SCHEMA,
     },
 }
 

@@ -1,7 +1,9 @@
 """``ktt export``: turn a trained run into deployable artefacts.
 
 - ``onnx``: one ONNX graph (encoder + head) with the tokenizer and hierarchy beside it
-  (:mod:`ktt_core.export.onnx`), runnable without torch (:mod:`ktt_core.onnx_runtime`).
+  (:mod:`ktt_core.export.onnx`), runnable without torch (:mod:`ktt_core.onnx_runtime`);
+  with ``--quantize int8`` also an int8 copy beside it, checked for accuracy on the test
+  split (:mod:`ktt_core.export.quantize`).
 - ``bento``: the model saved into the BentoML model store with safe files only
   (:mod:`ktt_core.export.bento`); optionally a built Bento and a docker-compose stack
   with the drift monitor, Prometheus and Grafana (:mod:`ktt_core.export.compose`).
@@ -25,8 +27,12 @@ from ktt_core.manifest import export_directory, write_manifest
 
 def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, onnx: bool = False,
                bento: bool = False, build: bool = False, monitoring: bool = False,
-               output=None, force: bool = False) -> Iterator[str]:
-    """Export one trained run; yields a line of report per artefact written."""
+               output=None, force: bool = False, quantize: str | None = None) -> Iterator[str]:
+    """Export one trained run; yields a line of report per artefact written.
+
+    ``quantize="int8"`` (with ``onnx``) adds ``OUT/onnx-int8`` and the accuracy comparison
+    (:mod:`ktt_core.export.quantize`); with ``bento`` too, that int8 folder is the one stored.
+    """
     from ktt_core.environment import require_writable
     from ktt_core.jobs import load_model, resolve_checkpoint
 
@@ -34,6 +40,8 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
     out = Path(output) if output else path.parent / "export"
     # Before loading the model or writing anything: a folder that cannot be written, and a
     # model name or dataset name that makes no valid BentoML tag.
+    if quantize and not onnx:
+        raise KttError(f"--quantize {quantize} goes with --onnx: it quantizes the ONNX export")
     if onnx or build or monitoring:
         require_writable(out, f"--output {output}" if output else f"export folder {out}")
     if bento:
@@ -41,8 +49,14 @@ def export_run(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, 
 
         model_tag_name(model_name, dataset)
     model = load_model(plugins, model_name, path)
+    int8_rows = None
+    if quantize:  # the test rows of the accuracy check, read (or refused) before anything is written
+        from ktt_core.export.quantize import check_rows
+
+        int8_rows = check_rows(ws, dataset, model)
     with _run_lock(ws, path.parent, out):
-        yield from _export(plugins, model_name, dataset, model, path, out, onnx, bento, build, monitoring, force)
+        yield from _export(plugins, model_name, dataset, model, path, out, onnx, bento, build, monitoring, force,
+                           int8_rows)
 
 
 def _run_lock(ws, run: Path, out: Path):
@@ -57,15 +71,23 @@ def _run_lock(ws, run: Path, out: Path):
 
 
 def _export(plugins, model_name, dataset, model, path: Path, out: Path, onnx, bento, build,
-            monitoring, force) -> Iterator[str]:
+            monitoring, force, int8_rows=None) -> Iterator[str]:
+    onnx_dir = None
     if onnx:
-        written = export_with_hook(plugins, model, "onnx", out / "onnx", force=force)
+        onnx_dir = written = export_with_hook(plugins, model, "onnx", out / "onnx", force=force)
         yield f"ONNX model written to {written} (ktt predict {model_name} {dataset} --onnx {written} TEXT)"
+        if int8_rows is not None:
+            from ktt_core.export.quantize import FOLDER, quantize_export
+
+            onnx_dir = out / FOLDER
+            check = quantize_export(written, onnx_dir, int8_rows, force)
+            yield f"int8 ONNX model written to {onnx_dir} (ktt predict {model_name} {dataset} --onnx {onnx_dir} TEXT)"
+            yield from check.lines()
     if bento:
         from ktt_core.export import bento as bentos
 
         spec = plugins.model(model_name)
-        tag = bentos.save_model(plugins, model, path, dataset, include_onnx=out / "onnx" if onnx else None)
+        tag = bentos.save_model(plugins, model, path, dataset, include_onnx=onnx_dir)
         yield f"BentoML model saved: {tag} (ktt serve {model_name} {dataset})"
         if build:
             yield f"Bento built: {bentos.build(spec, tag, out / 'bento', force)} (bentoml containerize it)"

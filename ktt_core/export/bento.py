@@ -5,7 +5,8 @@ A stored model is a folder of plain files, never a pickled module:
 - ``checkpoint.pt``: the KTT checkpoint (tensors and strings only, read with
   ``weights_only=True``, hash-checked), ``hierarchy.json`` and ``ktt.json`` (what it is);
 - ``reference.parquet``: the run's drift reference set, when it has one;
-- ``onnx/``: the ONNX export, when ``--onnx`` was exported too (``ktt serve --runtime onnx``);
+- ``onnx/``: the ONNX export, when ``--onnx`` was exported too (``ktt serve --runtime onnx``):
+  the int8 one with ``--quantize int8`` (:mod:`ktt_core.export.quantize`);
 - ``manifest.json``: the SHA-256 of each of these files, written last and verified by
   :func:`load_predictor` before anything is loaded (BentoML's own ``model.yaml`` aside).
 """
@@ -68,8 +69,9 @@ def write_model_files(model, directory: Path) -> Path:
     return directory
 
 
-def find_stored(tag_name: str, checkpoint_sha256: str):
-    """The stored model of this name made from exactly this checkpoint, if any."""
+def find_stored(tag_name: str, checkpoint_sha256: str, include_onnx: Path | None = None):
+    """The stored model of this name made from exactly this checkpoint (and, with
+    ``include_onnx``, holding an ONNX export quantized as that one is), if any."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -80,9 +82,21 @@ def find_stored(tag_name: str, checkpoint_sha256: str):
     for stored in stored_models:
         # A model stored before manifests existed cannot be verified: store the checkpoint anew.
         if (stored.info.metadata.get("source_sha256") == checkpoint_sha256
-                and (Path(stored.path) / "manifest.json").is_file()):
+                and (Path(stored.path) / "manifest.json").is_file()
+                and (include_onnx is None
+                     or onnx_quantized(Path(stored.path) / "onnx") == onnx_quantized(include_onnx))):
             return stored
     return None
+
+
+def onnx_quantized(folder: Path) -> str | None | bool:
+    """How the ONNX export in ``folder`` is quantized (``ktt.json`` ``quantized``: None for fp32),
+    False when there is none: a stored model is reused only for the same kind of export, so
+    ``ktt serve --runtime onnx --quantize int8`` never serves an fp32 export stored earlier."""
+    try:
+        return json.loads((Path(folder) / "ktt.json").read_text(encoding="utf-8")).get("quantized")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def save_model(plugins, model, checkpoint: Path, dataset: str, include_onnx: Path | None = None) -> str:
@@ -94,8 +108,8 @@ def save_model(plugins, model, checkpoint: Path, dataset: str, include_onnx: Pat
 
     name = model_tag_name(model.name, dataset)
     source_sha = sha256_file(checkpoint)
-    existing = find_stored(name, source_sha)
-    if existing is not None and (include_onnx is None or (Path(existing.path) / "onnx").is_dir()):
+    existing = find_stored(name, source_sha, include_onnx)
+    if existing is not None:
         return str(existing.tag)
     spec = plugins.model(model.name)
     metadata = {"model": model.name, "dataset": dataset, "source_checkpoint": str(checkpoint),

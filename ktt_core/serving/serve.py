@@ -7,10 +7,14 @@ from ktt_core.errors import KttError
 
 
 def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, host: str, port: int,
-          runtime: str = "torch", max_batch_size: int = 64, max_latency_ms: int = 2000,
-          monitoring: bool = False, monitor_port: int | None = None, max_request_bytes: int | None = None,
+          runtime: str = "torch", quantize: str | None = None, max_batch_size: int = 64,
+          max_latency_ms: int = 2000, monitoring: bool = False, monitor_port: int | None = None,
+          max_request_bytes: int | None = None,
           decoding: str = "consistent", threshold: float | None = None, echo: Callable = print) -> int:
-    """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code."""
+    """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code.
+
+    ``quantize="int8"`` (with ``runtime="onnx"``) serves the int8 copy of the ONNX export, made
+    and compared on the test split as ``ktt export --onnx --quantize int8`` does."""
     from ktt_core.export import export_with_hook
     from ktt_core.export.bento import model_tag_name, save_model
     from ktt_core.jobs import load_model, resolve_checkpoint
@@ -22,6 +26,8 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
         wait_ready,
     )
 
+    if quantize and runtime != "onnx":
+        raise KttError(f"--quantize {quantize} goes with --runtime onnx: it quantizes the ONNX export")
     # The ports first: nothing is loaded, stored or started for a port that cannot be used.
     if monitoring:
         if monitor_port == port:
@@ -42,11 +48,21 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
         raise KttError(f"{path.parent}: no reference set for the drift monitor; "
                        f"train with --reference (or ktt serve without --monitoring)")
     model = load_model(plugins, model_name, path)
+    int8_rows = None
+    if quantize:  # the test rows of the accuracy check, read (or refused) before anything is exported
+        from ktt_core.export.quantize import FOLDER, check_rows, quantize_export
+
+        int8_rows = check_rows(ws, dataset, model)
     onnx_dir = None
     if runtime == "onnx":
         onnx_dir = export_with_hook(plugins, model, "onnx", path.parent / "export" / "onnx")
+    if int8_rows is not None:
+        check = quantize_export(onnx_dir, onnx_dir.parent / FOLDER, int8_rows)
+        onnx_dir = onnx_dir.parent / FOLDER
+        for line in check.lines():
+            echo(line)
     tag = save_model(plugins, model, path, dataset, include_onnx=onnx_dir)
-    echo(f"serving {tag} ({runtime}) from {path}")
+    echo(f"serving {tag} ({runtime}{' ' + quantize if quantize else ''}) from {path}")
     env = {"KTT_MODEL": model_name, "KTT_BENTO_MODEL": tag, "KTT_RUNTIME": runtime,
            "KTT_MAX_BATCH_SIZE": max_batch_size, "KTT_MAX_LATENCY_MS": max_latency_ms, "KTT_DECODING": decoding}
     if threshold is not None:  # compared with calibrated confidences, as ktt predict does

@@ -350,6 +350,16 @@ def _group_log_softmax(g: _G, z: str, n_rows: str, groups: np.ndarray | None) ->
     return g.op("Sub", [shifted, g.op("Gather", [g.op("Log", [gsum]), gid_c], axis=1)])
 
 
+def _custom_op_types(nodes) -> list:
+    """The type of every output of the graph's ``com.microsoft.Tokenizer`` nodes (string
+    tensors). onnx has no schema for that domain, so its shape inference leaves them untyped,
+    and onnx 1.23 then crashes (segfault) inferring the ``RegexFullMatch`` that reads one;
+    declared, the graph goes through standard tools: shape inference and onnxruntime's
+    quantizer (``ktt export --onnx --quantize int8``)."""
+    return [helper.make_tensor_value_info(output, TensorProto.STRING, None)
+            for node in nodes if node.domain == MS_DOMAIN and node.op_type == "Tokenizer" for output in node.output]
+
+
 def build_onnx(state: dict, *, opset: int = DEFAULT_OPSET, locale: str = "C.UTF-8",
                name: str = "ktt_tfidf_linear") -> onnx.ModelProto:
     """One ONNX graph: ``text`` (string [N]) -> ``path_log_scores`` (float [N, n_leaves]).
@@ -408,7 +418,7 @@ def build_onnx(state: dict, *, opset: int = DEFAULT_OPSET, locale: str = "C.UTF-
         g.nodes, name,
         [helper.make_tensor_value_info(text_in, TensorProto.STRING, ["N"])],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", int(anc.shape[0])])],
-        g.inits)
+        g.inits, value_info=_custom_op_types(g.nodes))
     model = helper.make_model(graph, producer_name="ktt-tfidf", opset_imports=[
         helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)])
     model.ir_version = min(model.ir_version, 10)
