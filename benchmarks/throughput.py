@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from ktt_core.config import parse_set_options, resolve_config  # noqa: E402
 from ktt_core.data.batches import encode_texts  # noqa: E402
-from ktt_core.devices import resolve_device, seed_everything  # noqa: E402
+from ktt_core.cpu import check_threads  # noqa: E402
+from ktt_core.devices import available_cpus, describe_precision, resolve_device, seed_everything, use_threads  # noqa: E402
 from ktt_core.hierarchy import Hierarchy  # noqa: E402
 from ktt_core.scoring import predict as predict_texts  # noqa: E402
 from ktt_core.plugins import Plugins  # noqa: E402
@@ -303,6 +304,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the model config, as `ktt train --set` does (repeatable); "
                         "the naive loop keeps its fixed batch 16 / length 64 / Adam / fp32")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for both paths (default: as ktt train, the CPUs this process may use)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
@@ -322,6 +325,7 @@ def main(argv=None) -> dict:
     wall0 = time.perf_counter()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     device = resolve_device(args.device)
+    use_threads(check_threads(args.threads))  # as ktt train does, for both paths
     texts, paths, val_texts, val_paths, hierarchy, source = load_rows(args.data, args.rows, args.val_rows, args.seed)
 
     with tempfile.TemporaryDirectory(prefix="ktt-bench-") as tmp:
@@ -347,7 +351,9 @@ def main(argv=None) -> dict:
     def log(msg):
         print(f"[{time.perf_counter() - wall0:6.1f}s] {msg}", flush=True)
 
+    precision = describe_precision(device, config["precision"])
     log(f"{MODEL}, encoder {config['encoder']} ({n_params / 1e6:.1f}M parameters), device {device}, "
+        f"KTT precision {precision}, {torch.get_num_threads()} torch threads, "
         f"{args.rows} rows (+{args.val_rows} val rows for fit) from {source}")
     results: dict = {}
 
@@ -406,6 +412,7 @@ def main(argv=None) -> dict:
         "naive": {"batch_size": NAIVE_BATCH, "max_length": NAIVE_MAX_LENGTH, "padding": "max_length",
                   "optimizer": "Adam", "lr": config["encoder_lr"], "precision": "fp32"},
         "ktt_config": config,
+        "ktt_precision": precision,  # what precision: auto (or --set precision=...) gave, and why
         "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()),
         "memory_measure": memory.kind,
@@ -413,6 +420,7 @@ def main(argv=None) -> dict:
         "process_peak_rss_bytes": max_rss_bytes() if device.type == "cuda" else memory.process_peak,
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "available_cpus": available_cpus(),  # affinity bounded by the cgroup CPU quota
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
@@ -451,9 +459,10 @@ def print_report(r: dict) -> None:
     print(f"rows {r['rows']} from {r['data']}; {r['model']} with encoder {r['encoder']} "
           f"({r['parameters'] / 1e6:.1f}M parameters); KTT batch {r['ktt_config']['train_batch_size']} train / "
           f"{r['ktt_config']['eval_batch_size']} eval, naive batch {r['naive']['batch_size']}")
+    print(f"KTT precision {r['ktt_precision']}; naive loop fp32")
     print(f"device {r['device']} ({r['device_name']}); {r['cpu_count']} CPUs, affinity {r['cpu_affinity']}, "
-          f"torch threads {r['torch_threads']}; torch {r['torch_version']}, transformers "
-          f"{r['transformers_version']}, python {r['python_version']}")
+          f"available {r['available_cpus']}, torch threads {r['torch_threads']}; torch {r['torch_version']}, "
+          f"transformers {r['transformers_version']}, python {r['python_version']}")
     print(f"memory: {r['memory_measure']}; process peak RSS {mib(r['process_peak_rss_bytes'])}")
     load = lambda x: "?" if x is None else f"{x[0]:.2f}"  # noqa: E731
     print(f"date {r['date']}; total {r['total_seconds']:.0f}s; load average (1 min) "

@@ -280,6 +280,20 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
     return values
 
 
+def _threads_option(f):
+    """``--threads N``: the CPU threads of a command that runs a model."""
+    return click.option("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads (default: the CPUs this process may use, from its CPU affinity "
+                             "and cgroup quota; OMP_NUM_THREADS when set).")(f)
+
+
+def _threads(threads: int | None) -> int:
+    """``--threads`` checked (one-line error below 1), or its default; imports no torch."""
+    from ktt_core.cpu import check_threads
+
+    return check_threads(threads)
+
+
 # -- train --------------------------------------------------------------------------------
 @cli.command()
 @click.argument("models")
@@ -307,9 +321,10 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 @click.option("--keep-last", is_flag=True, default=None,
               help="Keep last.pt (weights and optimizer state) when the run ends, to --resume it later with "
                    "more --epochs; by default a finished run keeps only best.pt.")
+@_threads_option
 @click.pass_context
 def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_run, reference,
-          freeze_encoder, compile_, use_dvc, resume, checkpoint_every, keep_last):
+          freeze_encoder, compile_, use_dvc, resume, checkpoint_every, keep_last, threads):
     """Train MODELS (comma list) on DATASETS (comma list).
 
     Hyperparameters come from the model's defaults, then --config FILE, then --set KEY=VALUE,
@@ -317,6 +332,7 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
     """
     from ktt_core import jobs
 
+    threads = _threads(threads)
     layers = _config_layers(config_file, sets, {"epochs": epochs, "seed": seed, "freeze_encoder": freeze_encoder,
                                                 "compile": compile_})
     ws = _workspace(ctx)
@@ -332,7 +348,7 @@ def train(ctx, models, datasets, config_file, sets, epochs, seed, device, dry_ru
         for spec, dataset in plan:
             jobs.train(ws, plugins, spec, dataset, layers, device, dry_run=dry_run,
                        reference=reference, echo=click.echo, dvc=use_dvc, resume=resume,
-                       checkpoint_every=checkpoint_every, keep_last=keep_last)
+                       checkpoint_every=checkpoint_every, keep_last=keep_last, threads=threads)
     finally:
         if "ktt_core.distributed" in sys.modules:  # only a run that trained joined a process group
             sys.modules["ktt_core.distributed"].shutdown()
@@ -417,12 +433,14 @@ def _checkpoint_options(f):
               help="Also show, for thresholds 0 to 0.99, where predictions stop and how right they are.")
 @click.option("--target-precision", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="P",
               help="Use the lowest threshold whose hierarchical precision reaches P on the validation split.")
+@_threads_option
 @click.pass_context
 def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, raw_scores, split_name, as_json,
-         sweep, target_precision):
+         sweep, target_precision, threads):
     """Evaluate a trained MODEL on DATASET's test split; prints and saves the metrics."""
     from ktt_core import jobs
 
+    threads = _threads(threads)
     if threshold is not None and target_precision is not None:
         raise KttError("give --threshold or --target-precision, not both")
 
@@ -444,7 +462,7 @@ def test(ctx, model, dataset, checkpoint, run_dir, device, decoding, threshold, 
 
     _, saved = jobs.test(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint,
                          device, split_name, decoding, threshold, show=show, calibrated=not raw_scores,
-                         sweep=sweep, target_precision=target_precision)
+                         sweep=sweep, target_precision=target_precision, threads=threads)
     if not as_json:
         click.echo(f"Saved to {saved}")
 
@@ -562,10 +580,12 @@ def _print_metrics(metrics: dict, title: str) -> None:
               help="With --input: rows read and predicted at a time.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Predict with the ONNX export in DIR (ktt export --onnx) on onnxruntime, without torch.")
+@_threads_option
 @click.pass_context
 def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, threshold, raw_scores, top_k,
-            as_json, input_path, output_path, text_column, keep, chunk_size, onnx_dir):
+            as_json, input_path, output_path, text_column, keep, chunk_size, onnx_dir, threads):
     """Predict the label path of TEXTS, or of every text of an --input file, with a trained MODEL."""
+    threads = _threads(threads)  # torch's threads, or onnxruntime's with --onnx
     if bool(texts) == bool(input_path):
         raise KttError("give either TEXTS or --input FILE, not both" if texts else "give TEXTS or --input FILE")
     if input_path and not output_path:
@@ -590,10 +610,11 @@ def predict(ctx, model, dataset, texts, checkpoint, run_dir, device, decoding, t
         source = (_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, device)
     if input_path:
         n = runner.predict_file(*source, input_path, output_path, text_column, top_k, chunk_size, decoding,
-                                threshold, keep, calibrated=not raw_scores)
+                                threshold, keep, calibrated=not raw_scores, threads=threads)
         click.echo(f"wrote {n} predictions to {output_path}")
         return
-    results = runner.predict(*source, list(texts), top_k, decoding, threshold, calibrated=not raw_scores)
+    results = runner.predict(*source, list(texts), top_k, decoding, threshold, calibrated=not raw_scores,
+                             threads=threads)
     for text, result in zip(texts, results):
         if as_json:
             click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
@@ -660,18 +681,20 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
               show_default=True, help="Best path of the hierarchy, or each level's argmax on its own.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Stop at the deepest level whose (calibrated) confidence reaches T.")
+@_threads_option
 @click.pass_context
 def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, quantize, max_batch_size, max_latency_ms,
-          monitoring, monitor_port, max_request_mb, decoding, threshold):
+          monitoring, monitor_port, max_request_mb, decoding, threshold, threads):
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
+    threads = _threads(threads)
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
                          runtime=runtime, quantize=quantize, max_batch_size=max_batch_size,
                          max_latency_ms=max_latency_ms,
                          monitoring=monitoring, monitor_port=monitor_port or port + 1,
                          max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None,
-                         decoding=decoding, threshold=threshold, echo=click.echo)
+                         decoding=decoding, threshold=threshold, threads=threads, echo=click.echo)
     sys.exit(code)
 
 

@@ -43,7 +43,7 @@ ENCODER_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,                # max gradient norm; 0 disables clipping
     "reference_features": 24,        # pooled feature width in reference sets
     "allow_download": False,         # let the encoder be fetched from the Hugging Face Hub
-    "precision": "auto",             # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    "precision": "auto",             # auto (bf16 on CUDA and on CPUs with native bf16) | fp32 | bf16
     "compile": False,                # torch.compile the model for training
     "freeze_encoder": False,         # train the head only, on encoder features computed once
     "group_by_length": True,         # batch texts of similar length together (less padding)
@@ -192,7 +192,8 @@ DESCRIPTIONS = {
     "grad_clip": "max gradient norm; 0 disables clipping",
     "reference_features": "pooled feature width in drift reference sets",
     "allow_download": "let the encoder be fetched from the Hugging Face Hub",
-    "precision": "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16",
+    "precision": "auto: bf16 on CUDA GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere; "
+                 "or fp32, or bf16; scores and metrics are float32 either way",
     "compile": "torch.compile the model for training",
     "freeze_encoder": "train the head only, on encoder features computed once",
     "group_by_length": "batch texts of similar length together (less padding)",

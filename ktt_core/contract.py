@@ -12,6 +12,8 @@ This module imports neither torch nor scikit-learn.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,3 +141,27 @@ class Model(ABC):
         rows (a forward pass and the loss, for a torch model) and say what was checked;
         raise KttError naming what is wrong. The default checks nothing."""
         return ""
+
+
+_FULL_PRECISION = contextvars.ContextVar("ktt_full_precision", default=False)
+
+
+@contextlib.contextmanager
+def full_precision():
+    """Within this block models score in full precision (fp32), whatever precision they
+    would use (bf16 on CUDA or on a CPU with native bf16: :func:`ktt_core.devices.use_bf16`).
+
+    For comparing a model with its fp32 ONNX export (:mod:`ktt_core.export.parity`): bf16
+    scores differ from fp32 ones by more than an export may. A model that computes in
+    reduced precision reads :func:`full_precision_requested`.
+    """
+    token = _FULL_PRECISION.set(True)
+    try:
+        yield
+    finally:
+        _FULL_PRECISION.reset(token)
+
+
+def full_precision_requested() -> bool:
+    """Whether the caller is inside :func:`full_precision`."""
+    return _FULL_PRECISION.get()

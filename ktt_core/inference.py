@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ktt_core.contract import Scores
 from ktt_core.data.batches import EncodedSplit, eval_loader
 from ktt_core.decoding import Predictions, decode_scores
-from ktt_core.devices import autocast
+from ktt_core.devices import autocast, retry_in_fp32
 from ktt_core.distributed import SINGLE, Cluster
 
 
@@ -41,15 +41,23 @@ def score_split(model, split: EncodedSplit, batch_size: int | None = None, desc:
     loss_sum = torch.zeros((), device=model.device)
     h = model.hierarchy
     parts = {"rows": [], "paths": [], "levels": [], "features": []}
-    for batch, ids, mask in _batches(model, split, batch_size, desc, cluster):
-        with autocast(model.device, model.config.get("precision", "fp32")):
+    precision = model.config.get("precision", "fp32")
+
+    def run_batch(ids, mask):
+        with autocast(model.device, precision):
             if features:
-                outputs, pooled = model.forward_with_features(ids, mask)
-                parts["features"].append(pooled.float().cpu())
-            else:
-                outputs = forward(ids, mask)
-            if has_targets:
-                loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)).float() * len(ids)
+                return model.forward_with_features(ids, mask)
+            return forward(ids, mask), None
+
+    for batch, ids, mask in _batches(model, split, batch_size, desc, cluster):
+        outputs, pooled = retry_in_fp32(model.device, precision, run_batch, ids, mask)
+        # Loss and scores from float32 outputs, outside autocast: under bf16 only the
+        # encoder and head ran in bf16, and every figure reported is computed in float32.
+        outputs = as_float32(outputs)
+        if pooled is not None:
+            parts["features"].append(pooled.float().cpu())
+        if has_targets:
+            loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)).float() * len(ids)
         paths, levels = model.head_scores(outputs)
         parts["rows"].append(batch["rows"])
         parts["paths"].append(paths.cpu())
@@ -86,7 +94,19 @@ def encoder_features(model, split: EncodedSplit, batch_size: int | None = None) 
     model.eval()
     batch_size = batch_size or model.config["eval_batch_size"]
     out = torch.empty((len(split), model.hidden_size), dtype=torch.float32)
+    precision = model.config.get("precision", "fp32")
+
+    def encode(ids, mask):
+        with autocast(model.device, precision):
+            return model.encode(ids, mask)
+
     for batch, ids, mask in _batches(model, split, batch_size, "encode (frozen encoder)"):
-        with autocast(model.device, model.config.get("precision", "fp32")):
-            out[batch["rows"]] = model.encode(ids, mask).float().cpu()
+        out[batch["rows"]] = retry_in_fp32(model.device, precision, encode, ids, mask).float().cpu()
     return out
+
+
+def as_float32(outputs):
+    """Head outputs in float32 (a bf16 forward gives bf16); other dtypes and non-tensors as they are."""
+    if isinstance(outputs, torch.Tensor) and outputs.dtype in (torch.bfloat16, torch.float16):
+        return outputs.float()
+    return outputs

@@ -39,18 +39,19 @@ from ktt_core.workspace import Workspace
 def train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
           dry_run: bool = False, reference: bool = False, echo: Callable = print,
           dvc: bool = False, resume: str | Path | None = None,
-          checkpoint_every: int | None = None, keep_last: bool | None = None) -> Path | None:
+          checkpoint_every: int | None = None, keep_last: bool | None = None,
+          threads: int | None = None) -> Path | None:
     """See :func:`_train`; the run folder's write lock (:func:`ktt_core.locks.lock_run`) is
     held from when the folder is known until training ends, and released however it ends."""
     with contextlib.ExitStack() as held:
         return _train(ws, plugins, spec, dataset_name, layers, device, dry_run, reference, echo, dvc, resume,
-                      checkpoint_every, keep_last, held)
+                      checkpoint_every, keep_last, held, threads)
 
 
 def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: list, device: str,
            dry_run: bool, reference: bool, echo: Callable, dvc: bool, resume: str | Path | None,
            checkpoint_every: int | None, keep_last: bool | None,
-           held: contextlib.ExitStack) -> Path | None:
+           held: contextlib.ExitStack, threads: int | None = None) -> Path | None:
     """Train ``spec`` on a dataset; returns the run folder (None for a dry run).
 
     Under torchrun every process runs this; rank 0 alone prints and writes files.
@@ -59,6 +60,8 @@ def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: l
     its ``config.json``; ``layers`` may only raise ``epochs`` (see docs/reliability.md).
     ``checkpoint_every`` N also writes ``last.pt`` every N steps (None: the run's setting, or 0).
     A finished run keeps ``last.pt`` only with ``keep_last`` (None: the run's setting, or False).
+    ``threads`` sets torch's CPU threads (None: leaves them as they are); the header line says
+    how many, and which precision the run computes in.
     """
     if dvc:
         versioning.require_repo(ws.root)  # before any work
@@ -89,10 +92,10 @@ def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: l
     # torch is imported only now, after every check of the input: errors come at once.
     import torch
 
-    from ktt_core.devices import seed_everything
+    from ktt_core.devices import describe_precision, seed_everything
     from ktt_core.distributed import cluster_from_env
 
-    device = _device(device)
+    device = _device(device, threads)
     cluster = cluster_from_env(device)
     if device.type == "cuda" and cluster.active:
         device = torch.device("cuda", cluster.local_rank)
@@ -120,7 +123,8 @@ def _train(ws: Workspace, plugins, spec: ModelSpec, dataset_name: str, layers: l
     summary = model.summary()
     say(f"{spec.name} on {dataset_name}: {len(train_split)} train / {len(val_split)} val rows, "
         f"{dataset.hierarchy.summary()}" + (f", {summary}" if summary else "") + f", device {device}"
-        + (f", {cluster.world} processes" if cluster.active else ""))
+        + (f", precision {describe_precision(device, config['precision'])}" if "precision" in config else "")
+        + f", {_describe_threads()}" + (f", {cluster.world} processes" if cluster.active else ""))
     if saved is not None:
         say(f"resuming {saved['directory']} from {describe_position(saved['checkpoint']['training'])} "
             f"of {config['epochs']}")
@@ -361,7 +365,7 @@ def check_named_checkpoint(ws: Workspace, model, dataset_name: str, run_dir, che
 def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
          split_name: str = "test", decoding: str = "consistent", threshold: float | None = None,
          show: Callable[[dict], None] | None = None, calibrated: bool = True, sweep: bool = False,
-         target_precision: float | None = None) -> tuple[dict, Path]:
+         target_precision: float | None = None, threads: int | None = None) -> tuple[dict, Path]:
     """Metrics of a trained model on a dataset split; saved beside the checkpoint.
 
     ``sweep`` adds ``threshold_sweep`` (:func:`ktt_core.thresholds.sweep` of the split);
@@ -373,7 +377,7 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
     ``show`` sees the metrics before they are saved: a read-only run folder or a full disk
     then fails the save without losing what was computed."""
     evaluation = evaluate(ws, plugins, model_name, dataset_name, run_dir, checkpoint, device, split_name,
-                          calibrated)
+                          calibrated, threads)
     h, data, predictions = evaluation.hierarchy, evaluation.data, evaluation.predictions
     if target_precision is not None:
         threshold = threshold_on_validation(ws, plugins, model_name, dataset_name, evaluation, device,
@@ -485,8 +489,9 @@ class Evaluation:
 
 
 def evaluate(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
-             split_name: str = "test", calibrated: bool = True) -> Evaluation:
-    """Score a split of a dataset with a trained model once; decode it calibrated and raw."""
+             split_name: str = "test", calibrated: bool = True, threads: int | None = None) -> Evaluation:
+    """Score a split of a dataset with a trained model once; decode it calibrated and raw
+    (on ``threads`` CPU threads; None: as they are)."""
     plugins.model(model_name)  # an unknown model is named as such, not as a missing run
     dataset = Dataset(ws.dataset_dir(dataset_name))
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
@@ -495,7 +500,7 @@ def evaluate(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir
     check_trained_on(model, dataset_name, df["path"], f"{split_name} split")
     data = LabelledTexts.from_paths(df["text"], df["path"], model.hierarchy)
     spec = plugins.model(model_name)
-    scores = score_only(plugins, spec, model.to(_device(device)), data.texts)
+    scores = score_only(plugins, spec, model.to(_device(device, threads)), data.texts)
     h = model.hierarchy
     raw = decode_scores(h, scores, data.targets)
     calibration = model.calibration if calibrated else None
@@ -512,9 +517,9 @@ def evaluate(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir
 
 def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
             texts: list[str], top_k: int = 1, decoding: str = "consistent",
-            threshold: float | None = None, calibrated: bool = True) -> list[dict]:
+            threshold: float | None = None, calibrated: bool = True, threads: int | None = None) -> list[dict]:
     """Predicted path, per-level scores and the ``top_k`` best paths of each text (scores
-    calibrated unless ``calibrated`` is False)."""
+    calibrated unless ``calibrated`` is False), on ``threads`` CPU threads (None: as they are)."""
     plugins.model(model_name)
     for i, text in enumerate(texts, 1):
         if not text.strip():
@@ -522,7 +527,7 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
     model = load_model(plugins, model_name, path)
     check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
-    model = model.to(_device(device))
+    model = model.to(_device(device, threads))
     if not calibrated:
         model.calibration = None
     predictions = score_and_decode(plugins, plugins.model(model_name), model, texts)
@@ -532,7 +537,7 @@ def predict(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir,
 def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, checkpoint, device,
                  input_path, output_path, text_column: str = "text", top_k: int = 1,
                  chunk_size: int = 2048, decoding: str = "consistent", threshold: float | None = None,
-                 keep=(), calibrated: bool = True) -> int:
+                 keep=(), calibrated: bool = True, threads: int | None = None) -> int:
     """Predict every text of a file into another, chunk by chunk; returns the rows written."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
@@ -543,7 +548,7 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     path = resolve_checkpoint(ws, model_name, dataset_name, run_dir, checkpoint)
     model = load_model(plugins, model_name, path)
     check_named_checkpoint(ws, model, dataset_name, run_dir, checkpoint)
-    model = model.to(_device(device))
+    model = model.to(_device(device, threads))
     if not calibrated:
         model.calibration = None
     spec = plugins.model(model_name)
@@ -555,8 +560,20 @@ def predict_file(ws: Workspace, plugins, model_name: str, dataset_name: str, run
     return write_predictions(source, output_path, predict_chunk, model.hierarchy.depth, top_k)
 
 
-def _device(name: str):
-    """The torch device for ``--device NAME`` (imports torch: only once a model is used)."""
-    from ktt_core.devices import resolve_device
+def _device(name: str, threads: int | None = None):
+    """The torch device for ``--device NAME`` (imports torch: only once a model is used);
+    ``threads`` sets torch's CPU threads at the same moment (None: leaves them as they are)."""
+    from ktt_core.devices import resolve_device, use_threads
 
+    if threads is not None:
+        use_threads(threads)
     return resolve_device(name)
+
+
+def _describe_threads() -> str:
+    """``"threads 2 (2 CPUs available)"``: torch's CPU threads now, and what this process may use."""
+    import torch
+
+    from ktt_core.cpu import available_cpus
+
+    return f"threads {torch.get_num_threads()} ({available_cpus()} CPUs available)"

@@ -160,10 +160,13 @@ class OnnxModel:
             import onnxruntime as ort
         except ImportError:
             raise KttError("running an ONNX export needs onnxruntime: pip install onnxruntime") from None
+        from ktt_core.cpu import default_threads
+
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
+        # onnxruntime's own default is one thread per physical core of the machine, which
+        # overcommits a container or a CPU set limited to fewer.
+        options.intra_op_num_threads = threads or default_threads()
         try:
             return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime raises its own types for invalid graphs
@@ -299,10 +302,11 @@ def open_onnx(directory, providers: Sequence[str] | None = None, threads: int | 
 
 # -- what ``ktt predict --onnx`` calls -----------------------------------------------------
 
-def open_export(model_name: str, directory, calibrated: bool = True):
+def open_export(model_name: str, directory, calibrated: bool = True, threads: int | None = None):
     """The export in ``directory``, refusing one of another model than ``model_name``; with
-    ``calibrated`` False its scores stay raw (``--no-calibration``)."""
-    model = open_onnx(directory)
+    ``calibrated`` False its scores stay raw (``--no-calibration``); ``threads``: onnxruntime's
+    intra-op threads (None: :func:`ktt_core.cpu.default_threads`)."""
+    model = open_onnx(directory, threads=threads)
     if not calibrated:
         model.calibration = None
     if model.name != model_name:
@@ -311,22 +315,22 @@ def open_export(model_name: str, directory, calibrated: bool = True):
 
 
 def predict(model_name: str, directory, texts: list[str], top_k: int = 1, decoding: str = "consistent",
-            threshold: float | None = None, calibrated: bool = True) -> list[dict]:
+            threshold: float | None = None, calibrated: bool = True, threads: int | None = None) -> list[dict]:
     """``jobs.predict`` with an ONNX export instead of a checkpoint."""
     for i, text in enumerate(texts, 1):
         if not text.strip():
             raise KttError(f"text {i} is empty")
-    return open_export(model_name, directory, calibrated).describe(list(texts), top_k, decoding, threshold)
+    return open_export(model_name, directory, calibrated, threads).describe(list(texts), top_k, decoding, threshold)
 
 
 def predict_file(model_name: str, directory, input_path, output_path, text_column: str = "text",
                  top_k: int = 1, chunk_size: int = 2048, decoding: str = "consistent",
-                 threshold: float | None = None, keep=(), calibrated: bool = True) -> int:
+                 threshold: float | None = None, keep=(), calibrated: bool = True, threads: int | None = None) -> int:
     """``jobs.predict_file`` with an ONNX export: every text of a file into another, by chunks."""
     from ktt_core.streaming import TextSource, check_output, write_predictions
 
     source = TextSource(input_path, text_column, chunk_size, keep)
     check_output(output_path, source)
-    model = open_export(model_name, directory, calibrated)
+    model = open_export(model_name, directory, calibrated, threads)
     return write_predictions(source, output_path, lambda texts: model.describe(texts, top_k, decoding, threshold),
                              model.hierarchy.depth, top_k)

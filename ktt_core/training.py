@@ -13,7 +13,8 @@ masks. On the same device and thread count, a resumed run ends bit-identical to 
 never stopped. See docs/reliability.md.
 
 Speed: batches of similar length (little padding), no host syncs inside the loop, bf16
-autocast, fused AdamW and pinned memory on CUDA, optional ``torch.compile``. With
+autocast on CUDA and on CPUs with native bf16 (:func:`ktt_core.devices.use_bf16`), fused
+AdamW and pinned memory on CUDA, optional ``torch.compile``. With
 ``freeze_encoder`` the encoder's features are computed once (and cached on disk) and only
 the head trains, at head speed. Under torchrun the rows are sharded across processes and
 metrics are reduced; rank 0 alone writes files.
@@ -41,7 +42,7 @@ from ktt_core.data.batches import EncodedSplit, LengthGroupedBatches, train_load
 from ktt_core.data.cache import cache_key, load_or_compute
 from ktt_core.contract import Scores
 from ktt_core.decoding import decode_scores
-from ktt_core.devices import autocast, rng_state, set_rng_state
+from ktt_core.devices import autocast, retry_in_fp32, rng_state, set_rng_state, use_bf16
 from ktt_core.errors import KttError
 from ktt_core.files import append_jsonl, atomic_write_text
 from ktt_core.inference import encoder_features, predict
@@ -151,7 +152,9 @@ class FrozenEncoderSteps:
     def _features(self, split: EncodedSplit) -> torch.Tensor:
         model = self.model
         weights = sum(float(p.detach().double().sum()) for p in model.encoder.parameters())
-        key = cache_key(model.config["encoder"], model.config["pooling"], model.config.get("precision"),
+        # The precision used, not the setting: "auto" gives bf16 features on one machine, fp32 on another.
+        precision = "bf16" if use_bf16(self.run.device, model.config.get("precision", "fp32")) else "fp32"
+        key = cache_key(model.config["encoder"], model.config["pooling"], precision,
                         weights, [len(x) for x in split.input_ids], split.input_ids[:50], len(split))
         # Computing draws from the global RNG (each DataLoader pass seeds itself) and a cache
         # hit does not: fork it, so a seed gives the same run whether the cache is warm or not.
@@ -220,6 +223,14 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
                 "seconds": seconds, "processes": cluster.world, "batches_per_epoch": n_batches,
                 "data_sha256": fingerprint}
 
+    def forward_backward(inputs, targets) -> torch.Tensor:
+        """One batch's loss, and its gradients (zeroed first, so that it may be repeated)."""
+        with autocast(run.device, config["precision"]):
+            loss = model.head.loss(steps.forward(*inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
     for epoch in range(position.epoch, run.epochs + 1):
         resumed = position if epoch == position.epoch and position.step > 0 else None
         started = time.perf_counter() - (resumed.seconds if resumed else 0.0)
@@ -246,10 +257,9 @@ def fit(model, train: EncodedSplit, val: EncodedSplit, run: RunContext) -> list[
                     # seed, which it has just done again; restore it now, before any dropout.
                     set_rng_state(pending_rng)
                     pending_rng = None
-                with autocast(run.device, config["precision"]):
-                    loss = model.head.loss(steps.forward(*inputs), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # Not under torchrun: a step repeated on one process would desynchronise DDP.
+                loss = (forward_backward(inputs, targets) if cluster.active
+                        else retry_in_fp32(run.device, config["precision"], forward_backward, inputs, targets))
                 if config["grad_clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(steps.parameter_groups[-1]["params"] if config["freeze_encoder"]
                                                    else model.parameters(), config["grad_clip"])

@@ -26,6 +26,7 @@ def probe_texts(hierarchy) -> list[str]:
 def check_onnx_parity(plugins, spec, model, directory: Path) -> float:
     """Compare the export in ``directory`` with :func:`ktt_core.scoring.score`; returns the
     largest difference, KttError beyond :data:`TOLERANCE` (naming the output)."""
+    from ktt_core.contract import full_precision
     from ktt_core.onnx_runtime import open_onnx
     from ktt_core.scoring import score
 
@@ -37,7 +38,8 @@ def check_onnx_parity(plugins, spec, model, directory: Path) -> float:
     if stored != (model.calibration.to_dict() if model.calibration is not None else None):
         raise KttError(f"ONNX export of {model.name}: ktt.json does not hold the model's calibration")
     texts = probe_texts(model.hierarchy)
-    want = score(plugins, spec, model, texts, features=True)
+    with full_precision():  # the export computes in fp32, whatever precision the model runs in
+        want = score(plugins, spec, model, texts, features=True)
     got = runtime.scores(texts, batch_size=4)  # two batches: batching is checked too
     pairs = [("path probabilities", softmax(want.path_log_scores.astype(np.float64)),
               softmax(got["path_log_scores"].astype(np.float64))),

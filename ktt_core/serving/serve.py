@@ -9,12 +9,14 @@ from ktt_core.errors import KttError
 def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, host: str, port: int,
           runtime: str = "torch", quantize: str | None = None, max_batch_size: int = 64,
           max_latency_ms: int = 2000, monitoring: bool = False, monitor_port: int | None = None,
-          max_request_bytes: int | None = None,
-          decoding: str = "consistent", threshold: float | None = None, echo: Callable = print) -> int:
+          max_request_bytes: int | None = None, decoding: str = "consistent", threshold: float | None = None,
+          threads: int | None = None, echo: Callable = print) -> int:
     """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code.
 
     ``quantize="int8"`` (with ``runtime="onnx"``) serves the int8 copy of the ONNX export, made
-    and compared on the test split as ``ktt export --onnx --quantize int8`` does."""
+    and compared on the test split as ``ktt export --onnx --quantize int8`` does. ``threads``:
+    the model runner's CPU threads (``KTT_TORCH_THREADS`` and ``OMP_NUM_THREADS``; None: the
+    service's default, :func:`ktt_core.cpu.default_threads`)."""
     from ktt_core.export import export_with_hook
     from ktt_core.export.bento import model_tag_name, save_model
     from ktt_core.jobs import load_model, resolve_checkpoint
@@ -69,6 +71,9 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
         env["KTT_THRESHOLD"] = threshold
     if max_request_bytes:
         env["KTT_MAX_REQUEST_BYTES"] = max_request_bytes
+    if threads:
+        # OMP_NUM_THREADS too: onnxruntime (--runtime onnx) and the child's other OpenMP users size to it.
+        env["KTT_TORCH_THREADS"] = env["OMP_NUM_THREADS"] = threads
     processes = []
     try:
         if monitoring:

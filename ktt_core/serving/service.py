@@ -109,15 +109,22 @@ class KttRunner:
     def _load(self) -> None:
         import logging
 
+        from ktt_core.cpu import default_threads
         from ktt_core.export.bento import load_predictor
 
-        if self.settings.torch_threads:
+        # Not torch's default of one thread per CPU of the machine: a container limited to a
+        # few of them would overcommit them. ktt serve --threads N sets KTT_TORCH_THREADS and
+        # OMP_NUM_THREADS; onnxruntime reads the latter (ktt_core.onnx_runtime's default).
+        threads = default_threads()
+        if self.settings.runtime == "torch":
             import torch
 
-            torch.set_num_threads(self.settings.torch_threads)
+            threads = self.settings.torch_threads or threads
+            torch.set_num_threads(threads)
         self.predictor = load_predictor(self.stored_model.path, self.settings.runtime)
-        logging.getLogger("ktt").warning("runner of %s: runtime %s, batches of up to %d",
-                                         self.model_name, self.settings.runtime, self.settings.max_batch_size)
+        logging.getLogger("ktt").warning("runner of %s: runtime %s, batches of up to %d, %d threads",
+                                         self.model_name, self.settings.runtime, self.settings.max_batch_size,
+                                         threads)
         if self.settings.monitor_url:
             from ktt_core.monitoring.client import MonitorClient
 

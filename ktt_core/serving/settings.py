@@ -55,7 +55,7 @@ class ServiceSettings:
     threshold: float | None  # non-leaf predictions (KTT_THRESHOLD)
     monitor_url: str        # drift monitor base URL, "" for none (KTT_MONITOR_URL)
     monitor_queue: int      # rows waiting for the monitor before new ones are dropped (KTT_MONITOR_QUEUE)
-    torch_threads: int      # the runner's torch threads, 0 = torch's default (KTT_TORCH_THREADS)
+    torch_threads: int      # the runner's torch threads, 0 = cpu.default_threads() (KTT_TORCH_THREADS)
     max_request_bytes: int  # request body cap, 413 above it (KTT_MAX_REQUEST_BYTES)
 
     @classmethod
