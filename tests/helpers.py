@@ -89,6 +89,8 @@ def environment(**values: str):
     """Set environment variables (seen by child processes too) and restore them afterwards."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
+    if "BENTOML_HOME" in values:
+        _forget_bentoml_store()
     try:
         yield
     finally:
@@ -97,6 +99,24 @@ def environment(**values: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if "BENTOML_HOME" in values:
+            _forget_bentoml_store()
+
+
+def _forget_bentoml_store() -> None:
+    """BentoML reads BENTOML_HOME once per process and caches its stores; forget them, so that
+    in-process BentoML calls follow the variable (tests use one temporary home each)."""
+    import sys
+
+    if "bentoml" not in sys.modules:
+        return
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from simple_di import sentinel
+    from simple_di.providers import SingletonFactory
+
+    for provider in vars(type(BentoMLContainer)).values():
+        if isinstance(provider, SingletonFactory):
+            provider._cache = sentinel
 
 
 # A fresh interpreter where some top-level packages cannot be imported; any attempt is also
