@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ktt_core.decoding import level_mass, softmax
 from ktt_core.errors import KttError
 
 METHODS = ("per-level", "temperature", "none")
@@ -87,18 +88,6 @@ def identity(depth: int, note: str = "", method: str = "none") -> Calibration:
 
 # -- applying -----------------------------------------------------------------------------
 
-def _softmax(log_scores: np.ndarray) -> np.ndarray:
-    z = log_scores - log_scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _level_mass(hierarchy, path_probs: np.ndarray, level: int) -> np.ndarray:
-    acc = np.zeros((path_probs.shape[0], hierarchy.level_sizes[level]), dtype=np.float64)
-    np.add.at(acc.T, hierarchy.leaf_ancestors[:, level], path_probs.T)
-    return acc
-
-
 def calibrated_probs(hierarchy, path_log_scores: np.ndarray, calibration: Calibration | None
                      ) -> tuple[np.ndarray, list[np.ndarray] | None]:
     """(path probabilities, per-level confidences or ``None``) of raw path log-scores.
@@ -110,12 +99,12 @@ def calibrated_probs(hierarchy, path_log_scores: np.ndarray, calibration: Calibr
     """
     scores = np.asarray(path_log_scores, dtype=np.float64)
     if calibration is None or calibration.is_identity:
-        return _softmax(scores), None
+        return softmax(scores), None
     temps = calibration.temperatures
-    path_probs = _softmax(scores / temps[-1])
+    path_probs = softmax(scores / temps[-1])
     if all(t == temps[-1] for t in temps):
         return path_probs, None
-    levels = [_level_mass(hierarchy, path_probs if t == temps[-1] else _softmax(scores / t), d)
+    levels = [level_mass(hierarchy, path_probs if t == temps[-1] else softmax(scores / t), d)
               for d, t in enumerate(temps)]
     # Levels fit apart could make a child more certain than its parent; a class is never
     # more likely than the class it belongs to, so each is capped by its parent's.
@@ -127,7 +116,7 @@ def calibrated_probs(hierarchy, path_log_scores: np.ndarray, calibration: Calibr
 # -- fitting ------------------------------------------------------------------------------
 
 def _level_nll(hierarchy, scores: np.ndarray, targets: np.ndarray, level: int, temperature: float) -> float:
-    mass = _level_mass(hierarchy, _softmax(scores / temperature), level)
+    mass = level_mass(hierarchy, softmax(scores / temperature), level)
     true = mass[np.arange(len(targets)), targets[:, level]]
     return float(-np.log(np.clip(true, 1e-12, 1.0)).mean())
 
@@ -186,7 +175,7 @@ def _confidences(hierarchy, scores: np.ndarray, level: int, temperature: float) 
     """Confidence of each row's predicted class at ``level`` (the best path does not depend
     on the temperature)."""
     best_path = hierarchy.leaf_ancestors[scores.argmax(axis=1)]
-    mass = _level_mass(hierarchy, _softmax(scores / temperature), level)
+    mass = level_mass(hierarchy, softmax(scores / temperature), level)
     return mass[np.arange(len(scores)), best_path[:, level]]
 
 

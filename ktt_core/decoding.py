@@ -78,14 +78,16 @@ def decode_scores(hierarchy: Hierarchy, scores, targets: np.ndarray | None = Non
     return predictions
 
 
+def level_mass(hierarchy: Hierarchy, path_probs: np.ndarray, level: int) -> np.ndarray:
+    """(N, n_level): probability of each class of ``level`` = sum over the paths through it."""
+    acc = np.zeros((path_probs.shape[0], hierarchy.level_sizes[level]), dtype=path_probs.dtype)
+    np.add.at(acc.T, hierarchy.leaf_ancestors[:, level], path_probs.T)
+    return acc
+
+
 def level_probs(hierarchy: Hierarchy, path_probs: np.ndarray) -> list[np.ndarray]:
-    """Per level, (N, n_d): probability of each class = sum over the paths through it."""
-    out = []
-    for d in range(hierarchy.depth):
-        acc = np.zeros((path_probs.shape[0], hierarchy.level_sizes[d]), dtype=path_probs.dtype)
-        np.add.at(acc.T, hierarchy.leaf_ancestors[:, d], path_probs.T)
-        out.append(acc)
-    return out
+    """Per level, (N, n_d): :func:`level_mass` of every level."""
+    return [level_mass(hierarchy, path_probs, d) for d in range(hierarchy.depth)]
 
 
 def decode_levels(hierarchy: Hierarchy, predictions: Predictions, mode: str = "consistent",
