@@ -441,7 +441,7 @@ def report(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, 
             raise KttError(f"--peers {peers_path}: cannot read it as benchmarks/quality.py JSON ({exc})") from None
         if not isinstance(peers, list) or not all(isinstance(r, dict) for r in peers):
             raise KttError(f"--peers {peers_path}: expected a list of result rows (benchmarks/quality.py JSON)")
-    data_ = ReportData(
+    report_data = ReportData(
         model=model_name, dataset=dataset_name, run=run.name, hierarchy=h, texts=data.texts,
         true_ids=data.targets, pred_ids=p.level_ids, confidences=p.confidences(h),
         raw_confidences=raw_confidences, metrics=metrics,
@@ -451,7 +451,7 @@ def report(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, 
     with contextlib.ExitStack() as held:
         if target.resolve().parent == run.resolve():
             held.enter_context(lock_run(run, ws))  # not while a training writes that run
-        return write_report(target, data_)
+        return write_report(target, report_data)
 
 
 def threshold_on_validation(ws: Workspace, plugins, model_name: str, dataset_name: str, evaluation, device,
