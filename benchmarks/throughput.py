@@ -276,6 +276,75 @@ def distilbert_base_folder(folder: Path) -> str:
     return str(folder)
 
 
+def machine(device: torch.device) -> dict:
+    """Where a benchmark runs: device, CPU model, CPU counts, torch threads, library versions."""
+    import transformers
+
+    return {
+        "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "available_cpus": available_cpus(),  # affinity bounded by the cgroup CPU quota
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "python_version": platform.python_version(),
+    }
+
+
+def describe_machine(r: dict) -> str:
+    """One line of :func:`machine`'s record."""
+    return (f"device {r['device']} ({r['device_name']}); {r['cpu_count']} CPUs, affinity {r['cpu_affinity']}, "
+            f"available {r['available_cpus']}, torch threads {r['torch_threads']}; torch {r['torch_version']}, "
+            f"transformers {r['transformers_version']}, python {r['python_version']}")
+
+
+def load_average() -> tuple | None:
+    """The load averages (1, 5, 15 min), or None where the platform has none."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def describe_load(before, after) -> str:
+    load = lambda x: "?" if x is None else f"{x[0]:.2f}"  # noqa: E731
+    return f"load average (1 min) {load(before)} before, {load(after)} after"
+
+
+def run_started() -> dict:
+    """When, and on how loaded a machine, a benchmark starts (for :func:`run_record`)."""
+    return {"at": datetime.datetime.now(datetime.timezone.utc), "clock": time.perf_counter(),
+            "load": load_average()}
+
+
+def run_record(device: torch.device, started: dict, argv) -> dict:
+    """What a benchmark's report ends with: :func:`machine`, date, command, duration, load."""
+    return {
+        **machine(device),
+        "date": started["at"].isoformat(timespec="seconds"),
+        "command": command_line(argv),
+        "total_seconds": time.perf_counter() - started["clock"],
+        # 1-minute load average before and after: well above torch_threads at the start
+        # means something else was running and the figures are not clean.
+        "loadavg_before": started["load"],
+        "loadavg_after": load_average(),
+    }
+
+
+def publish(report: dict, path: Path | None, show) -> dict:
+    """``show(report)``, and write it as JSON to ``path`` (when given)."""
+    show(report)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"figures written to {path}")
+    return report
+
+
+def command_line(argv) -> str:
+    """The benchmark's command as run (``argv``: what ``main`` got, None for ``sys.argv``)."""
+    return " ".join([Path(sys.argv[0]).name] + (list(argv) if argv is not None else sys.argv[1:]))
+
+
 def cpu_model_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -285,6 +354,16 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def add_run_options(p: argparse.ArgumentParser, set_help: str, threads_for: str = "") -> None:
+    """``--device``, ``--set`` (help ``set_help``), ``--threads``, ``--seed`` and ``--json``."""
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch threads {threads_for}(default: as ktt train, the CPUs this process may use)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
 
 
 def parse_args(argv=None):
@@ -300,14 +379,8 @@ def parse_args(argv=None):
     p.add_argument("--encoder", default=None, help="encoder name or folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--distilbert-base", action="store_true",
                    help="randomly initialised DistilBERT-base-sized encoder (for GPU measurements)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the model config, as `ktt train --set` does (repeatable); "
-                        "the naive loop keeps its fixed batch 16 / length 64 / Adam / fp32")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for both paths (default: as ktt train, the CPUs this process may use)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    add_run_options(p, "override a key of the model config, as `ktt train --set` does (repeatable); "
+                       "the naive loop keeps its fixed batch 16 / length 64 / Adam / fp32", "for both paths ")
     args = p.parse_args(argv)
     if args.quick:
         args.rows, args.val_rows = QUICK_ROWS, QUICK_VAL_ROWS
@@ -321,9 +394,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    started_at = datetime.datetime.now(datetime.timezone.utc)
-    wall0 = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    started = run_started()
+    wall0 = started["clock"]
     device = resolve_device(args.device)
     use_threads(check_threads(args.threads))  # as ktt train does, for both paths
     texts, paths, val_texts, val_paths, hierarchy, source = load_rows(args.data, args.rows, args.val_rows, args.seed)
@@ -396,8 +468,6 @@ def main(argv=None) -> dict:
                                 "peak_memory_bytes": peak, "cpu_cores_busy": busy}
     log(f"KTT inference (the scoring call): {args.rows / seconds:.1f} samples/s ({seconds:.1f}s)")
 
-    import transformers
-
     report = {
         "train_speedup": results["ktt_train"]["samples_per_s"] / results["naive_train"]["samples_per_s"],
         "inference_speedup": results["ktt_inference"]["samples_per_s"] / results["naive_inference"]["samples_per_s"],
@@ -413,32 +483,12 @@ def main(argv=None) -> dict:
                   "optimizer": "Adam", "lr": config["encoder_lr"], "precision": "fp32"},
         "ktt_config": config,
         "ktt_precision": precision,  # what precision: auto (or --set precision=...) gave, and why
-        "device": str(device),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model_name()),
         "memory_measure": memory.kind,
         "peak_memory_bytes": memory.process_peak,
         "process_peak_rss_bytes": max_rss_bytes() if device.type == "cuda" else memory.process_peak,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "available_cpus": available_cpus(),  # affinity bounded by the cgroup CPU quota
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "python_version": platform.python_version(),
-        "date": started_at.isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "total_seconds": time.perf_counter() - wall0,
-        # 1-minute load average before and after: well above torch_threads at the start
-        # means something else was running and the figures are not clean.
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        **run_record(device, started, argv),
     }
-    print_report(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-        print(f"figures written to {args.json}")
-    return report
+    return publish(report, args.json, print_report)
 
 
 def print_report(r: dict) -> None:
@@ -460,13 +510,10 @@ def print_report(r: dict) -> None:
           f"({r['parameters'] / 1e6:.1f}M parameters); KTT batch {r['ktt_config']['train_batch_size']} train / "
           f"{r['ktt_config']['eval_batch_size']} eval, naive batch {r['naive']['batch_size']}")
     print(f"KTT precision {r['ktt_precision']}; naive loop fp32")
-    print(f"device {r['device']} ({r['device_name']}); {r['cpu_count']} CPUs, affinity {r['cpu_affinity']}, "
-          f"available {r['available_cpus']}, torch threads {r['torch_threads']}; torch {r['torch_version']}, "
-          f"transformers {r['transformers_version']}, python {r['python_version']}")
+    print(describe_machine(r))
     print(f"memory: {r['memory_measure']}; process peak RSS {mib(r['process_peak_rss_bytes'])}")
-    load = lambda x: "?" if x is None else f"{x[0]:.2f}"  # noqa: E731
-    print(f"date {r['date']}; total {r['total_seconds']:.0f}s; load average (1 min) "
-          f"{load(r['loadavg_before'])} before, {load(r['loadavg_after'])} after")
+    print(f"date {r['date']}; total {r['total_seconds']:.0f}s; "
+          f"{describe_load(r['loadavg_before'], r['loadavg_after'])}")
 
 
 if __name__ == "__main__":
