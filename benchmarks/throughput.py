@@ -20,6 +20,7 @@ batch first, then the weights are restored. Run ``--help`` for the options; see 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -300,6 +301,28 @@ def describe_machine(r: dict) -> str:
             f"transformers {r['transformers_version']}, python {r['python_version']}")
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def competing_load(processes: int):
+    """``processes`` busy-looping processes for the duration: other work on a shared machine."""
+    import multiprocessing
+
+    workers = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    try:
+        yield
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.join()
+
+
 def load_average() -> tuple | None:
     """The load averages (1, 5, 15 min), or None where the platform has none."""
     return os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -379,6 +402,8 @@ def parse_args(argv=None):
     p.add_argument("--encoder", default=None, help="encoder name or folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--distilbert-base", action="store_true",
                    help="randomly initialised DistilBERT-base-sized encoder (for GPU measurements)")
+    p.add_argument("--competing-load", type=int, default=0, metavar="N",
+                   help="run N busy-looping processes during the measurements (a shared machine)")
     add_run_options(p, "override a key of the model config, as `ktt train --set` does (repeatable); "
                        "the naive loop keeps its fixed batch 16 / length 64 / Adam / fp32", "for both paths ")
     args = p.parse_args(argv)
@@ -427,6 +452,38 @@ def main(argv=None) -> dict:
     log(f"{MODEL}, encoder {config['encoder']} ({n_params / 1e6:.1f}M parameters), device {device}, "
         f"KTT precision {precision}, {torch.get_num_threads()} torch threads, "
         f"{args.rows} rows (+{args.val_rows} val rows for fit) from {source}")
+    if args.competing_load:
+        log(f"competing load: {args.competing_load} busy-looping processes during every measurement")
+    with competing_load(args.competing_load):
+        results = measure(args, model, plugins, config, texts, paths, val_texts, val_paths, targets, device,
+                          memory, restore, log)
+    report = {
+        "train_speedup": results["ktt_train"]["samples_per_s"] / results["naive_train"]["samples_per_s"],
+        "inference_speedup": results["ktt_inference"]["samples_per_s"] / results["naive_inference"]["samples_per_s"],
+        **{f"{k}_samples_per_s": v["samples_per_s"] for k, v in results.items()},
+        "results": results,
+        "rows": args.rows,
+        "val_rows": args.val_rows,
+        "competing_load_processes": args.competing_load,
+        "data": str(source),
+        "model": MODEL,
+        "encoder": "distilbert-base (random init)" if args.distilbert_base else config["encoder"],
+        "parameters": n_params,
+        "naive": {"batch_size": NAIVE_BATCH, "max_length": NAIVE_MAX_LENGTH, "padding": "max_length",
+                  "optimizer": "Adam", "lr": config["encoder_lr"], "precision": "fp32"},
+        "ktt_config": config,
+        "ktt_precision": precision,  # what precision: auto (or --set precision=...) gave, and why
+        "memory_measure": memory.kind,
+        "peak_memory_bytes": memory.process_peak,
+        "process_peak_rss_bytes": max_rss_bytes() if device.type == "cuda" else memory.process_peak,
+        **run_record(device, started, argv),
+    }
+    return publish(report, args.json, print_report)
+
+
+def measure(args, model, plugins, config, texts, paths, val_texts, val_paths, targets, device, memory,
+            restore, log) -> dict:
+    """The four timed paths: naive and KTT training, naive and KTT inference."""
     results: dict = {}
 
     # Naive training: warm up one batch, restore, time one pass.
@@ -467,28 +524,7 @@ def main(argv=None) -> dict:
     results["ktt_inference"] = {"seconds": seconds, "samples_per_s": args.rows / seconds,
                                 "peak_memory_bytes": peak, "cpu_cores_busy": busy}
     log(f"KTT inference (the scoring call): {args.rows / seconds:.1f} samples/s ({seconds:.1f}s)")
-
-    report = {
-        "train_speedup": results["ktt_train"]["samples_per_s"] / results["naive_train"]["samples_per_s"],
-        "inference_speedup": results["ktt_inference"]["samples_per_s"] / results["naive_inference"]["samples_per_s"],
-        **{f"{k}_samples_per_s": v["samples_per_s"] for k, v in results.items()},
-        "results": results,
-        "rows": args.rows,
-        "val_rows": args.val_rows,
-        "data": str(source),
-        "model": MODEL,
-        "encoder": "distilbert-base (random init)" if args.distilbert_base else config["encoder"],
-        "parameters": n_params,
-        "naive": {"batch_size": NAIVE_BATCH, "max_length": NAIVE_MAX_LENGTH, "padding": "max_length",
-                  "optimizer": "Adam", "lr": config["encoder_lr"], "precision": "fp32"},
-        "ktt_config": config,
-        "ktt_precision": precision,  # what precision: auto (or --set precision=...) gave, and why
-        "memory_measure": memory.kind,
-        "peak_memory_bytes": memory.process_peak,
-        "process_peak_rss_bytes": max_rss_bytes() if device.type == "cuda" else memory.process_peak,
-        **run_record(device, started, argv),
-    }
-    return publish(report, args.json, print_report)
+    return results
 
 
 def print_report(r: dict) -> None:
@@ -510,6 +546,8 @@ def print_report(r: dict) -> None:
           f"({r['parameters'] / 1e6:.1f}M parameters); KTT batch {r['ktt_config']['train_batch_size']} train / "
           f"{r['ktt_config']['eval_batch_size']} eval, naive batch {r['naive']['batch_size']}")
     print(f"KTT precision {r['ktt_precision']}; naive loop fp32")
+    if r.get("competing_load_processes"):
+        print(f"competing load: {r['competing_load_processes']} busy-looping processes during the measurements")
     print(describe_machine(r))
     print(f"memory: {r['memory_measure']}; process peak RSS {mib(r['process_peak_rss_bytes'])}")
     print(f"date {r['date']}; total {r['total_seconds']:.0f}s; "

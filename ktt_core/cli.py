@@ -671,7 +671,12 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Adaptive batching: most texts per model call.")
 @click.option("--max-latency-ms", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Adaptive batching: most time a request may wait for its batch.")
+              help="Adaptive batching: most time a request may wait for the model (503 after it).")
+@click.option("--layout", type=click.Choice(["single", "split"]), default="single", show_default=True,
+              help="single: the model in the HTTP process (fastest on one machine); split: BentoML's "
+                   "API + runner services.")
+@click.option("--access-log", is_flag=True, help="Log a line per request (off by default: it costs throughput; "
+                                                   "/metrics counts requests and latency).")
 @click.option("--monitoring", is_flag=True, help="Also run the drift monitor and send it every prediction.")
 @click.option("--monitor-port", type=click.IntRange(1, 65535), default=None,
               help="Port of the drift monitor (default: --port + 1).")
@@ -684,14 +689,14 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @_threads_option
 @click.pass_context
 def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, quantize, max_batch_size, max_latency_ms,
-          monitoring, monitor_port, max_request_mb, decoding, threshold, threads):
+          layout, access_log, monitoring, monitor_port, max_request_mb, decoding, threshold, threads):
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
     threads = _threads(threads)
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
                          runtime=runtime, quantize=quantize, max_batch_size=max_batch_size,
-                         max_latency_ms=max_latency_ms,
+                         max_latency_ms=max_latency_ms, layout=layout, access_log=access_log,
                          monitoring=monitoring, monitor_port=monitor_port or port + 1,
                          max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None,
                          decoding=decoding, threshold=threshold, threads=threads, echo=click.echo)

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ktt_core.contract import Scores
-from ktt_core.data.batches import EncodedSplit, eval_loader
+from ktt_core.data.batches import CPU_SPLIT_TOKENS, EncodedSplit, eval_loader
 from ktt_core.decoding import Predictions, decode_scores
 from ktt_core.devices import autocast, retry_in_fp32
 from ktt_core.distributed import SINGLE, Cluster
@@ -19,7 +19,8 @@ from ktt_core.distributed import SINGLE, Cluster
 
 def _batches(model, split: EncodedSplit, batch_size: int, desc: str, cluster: Cluster = SINGLE):
     device = model.device
-    loader = eval_loader(split, batch_size, cluster.rank, cluster.world, pin_memory=device.type == "cuda")
+    loader = eval_loader(split, batch_size, cluster.rank, cluster.world, pin_memory=device.type == "cuda",
+                         split_tokens=CPU_SPLIT_TOKENS if device.type == "cpu" else None)
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if cluster.is_main else True):
         yield (batch, batch["input_ids"].to(device, non_blocking=True),
                batch["attention_mask"].to(device, non_blocking=True))

@@ -260,10 +260,46 @@ def test_health_metrics_and_adaptive_batching(server):
     assert sum(predicted.values()) >= 64
     assert any('label="Toys > Dolls"' in labels for labels in predicted)
     assert sum(metric_values(metrics, "ktt_request_latency_seconds_count").values()) >= 64
-    # Concurrent requests were batched: the runner saw fewer calls than texts.
-    sizes = metric_values(metrics, "bentoml_service_adaptive_batch_size_sum")
-    calls = metric_values(metrics, "bentoml_service_adaptive_batch_size_count")
+    # Concurrent requests were batched: the model saw fewer calls than texts.
+    sizes = metric_values(metrics, "ktt_batch_size_sum")
+    calls = metric_values(metrics, "ktt_batch_size_count")
     assert sum(sizes.values()) / sum(calls.values()) > 1.5, (sizes, calls)
+
+
+def test_split_layout_serves_the_same_answers_through_a_runner(trained):
+    """`ktt serve --layout split`: BentoML's API + runner services answer as `ktt predict` does,
+    batch concurrent requests, and report batch sizes from the runner."""
+    import asyncio
+
+    from ktt_core.serving.launch import stop_service, wait_ready
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(trained.parent / "serve-split.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ktt_core", "--workspace", str(trained), "serve", MODEL, "shop",
+             "--host", "127.0.0.1", "--port", str(port), "--layout", "split"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_ready(process, url, timeout=240)
+            expected = {p["text"]: p["path"] for p in prediction_lines(trained, THRESHOLD_TEXTS)}
+
+            async def burst():
+                async with httpx.AsyncClient(timeout=60) as client:
+                    return await asyncio.gather(*(client.post(f"{url}/predict", json={"text": t})
+                                                  for t in THRESHOLD_TEXTS * 4))
+
+            answers = asyncio.run(burst())
+            assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+            for answer in answers:
+                [p] = answer.json()["predictions"]
+                assert p["path"] == expected[p["text"]], p
+            metrics = httpx.get(f"{url}/metrics").text
+            calls = sum(metric_values(metrics, "ktt_batch_size_count").values())
+            assert 0 < calls < len(answers)  # the runner batched concurrent requests
+            assert metric_values(metrics, "bentoml_service_adaptive_batch_size_count")  # BentoML's batching
+        finally:
+            stop_service(process, grace=30)
 
 
 def test_monitor_receives_the_served_rows(server):

@@ -239,9 +239,10 @@ def test_a_foreign_server_on_the_port_is_never_taken_for_ready():
         foreign.server_close()
 
 
-def test_a_model_that_fails_to_load_is_not_ready_and_serve_says_why(trained, tmp_path):  # noqa: F811
-    """The stored model is damaged after `ktt export --bento`; `ktt serve` reuses it, the runner
-    cannot load it, /readyz answers 503 with the reason and `ktt serve` exits with it."""
+@pytest.mark.parametrize("layout", ["single", "split"])
+def test_a_model_that_fails_to_load_is_not_ready_and_serve_says_why(trained, tmp_path, layout):  # noqa: F811
+    """The stored model is damaged after `ktt export --bento`; `ktt serve` reuses it, the service
+    (or its runner) cannot load it, /readyz answers 503 with the reason and `ktt serve` exits with it."""
     import os
 
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml-home")}
@@ -249,7 +250,7 @@ def test_a_model_that_fails_to_load_is_not_ready_and_serve_says_why(trained, tmp
     [checkpoint] = (tmp_path / "bentoml-home" / "models").rglob("checkpoint.pt")
     with open(checkpoint, "ab") as f:
         f.write(b"damaged")
-    done = ktt_cli(trained, "serve", MODEL, "shop", "--port", free_port(), check=False, env=env)
+    done = ktt_cli(trained, "serve", MODEL, "shop", "--port", free_port(), "--layout", layout, check=False, env=env)
     assert done.returncode == 1, (done.stdout, done.stderr)
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("Error: the service is not ready: the model failed to load: "), done.stderr

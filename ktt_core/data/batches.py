@@ -149,10 +149,36 @@ def train_loader(split: EncodedSplit, batch_size: int, seed: int, group_by_lengt
     return DataLoader(split, batch_sampler=sampler, collate_fn=Collate(split), pin_memory=pin_memory)
 
 
+#: On CPU an inference batch is cut where the next (longer) row would add more padding to
+#: the rows already in it than this many tokens: about the fixed cost of one forward pass
+#: there. A lone long text in a served batch of short ones then gets a pass of its own
+#: instead of stretching every row to its length.
+CPU_SPLIT_TOKENS = 64
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int = 1,
+                 split_tokens: int | None = None) -> list[list[int]]:
+    """Row indices in batches sorted by length (order does not matter for inference, padding
+    does), at most ``batch_size`` rows each; with ``split_tokens`` a batch also ends where the
+    next row would pad the batch's rows by more than that many tokens in all. With
+    ``world > 1``, this process's share of the rows."""
+    order = np.argsort(lengths, kind="stable")[rank::world]
+    batches, current, longest = [], [], 0
+    for row in order.tolist():
+        length = int(lengths[row])
+        if current and (len(current) == batch_size
+                        or (split_tokens is not None and len(current) * (length - longest) > split_tokens)):
+            batches.append(current)
+            current = []
+        current.append(row)
+        longest = length
+    if current:
+        batches.append(current)
+    return batches
+
+
 def eval_loader(split: EncodedSplit, batch_size: int, rank: int = 0, world: int = 1,
-                pin_memory: bool = False) -> DataLoader:
-    """Batches sorted by length (order does not matter for inference, padding does);
-    with ``world > 1``, this process's share of the rows."""
-    order = np.argsort(split.lengths, kind="stable")[rank::world].tolist()
-    return DataLoader(split, batch_size=batch_size, sampler=order, collate_fn=Collate(split),
-                      pin_memory=pin_memory)
+                pin_memory: bool = False, split_tokens: int | None = None) -> DataLoader:
+    """A DataLoader over :func:`eval_batches` of ``split``."""
+    batches = eval_batches(split.lengths, batch_size, rank, world, split_tokens)
+    return DataLoader(split, batch_sampler=batches, collate_fn=Collate(split), pin_memory=pin_memory)

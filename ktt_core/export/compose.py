@@ -24,7 +24,7 @@ PANELS = [
      "s"),
     ("Predictions per class", ['sum by (label) (rate(ktt_predictions_total{model="$model"}[5m]))'], "ops"),
     ("Adaptive batch size (mean)", [
-        "sum(rate(bentoml_service_adaptive_batch_size_sum[5m])) / sum(rate(bentoml_service_adaptive_batch_size_count[5m]))"],
+        'sum(rate(ktt_batch_size_sum{model="$model"}[5m])) / sum(rate(ktt_batch_size_count{model="$model"}[5m]))'],
      "short"),
     ("Feature drift: share of drifted features", ['ktt_drift_share{model="$model"}'], "percentunit"),
     ("Dataset drift (1 = drift)", ['ktt_dataset_drift{model="$model"}'], "short"),

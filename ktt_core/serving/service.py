@@ -1,19 +1,26 @@
 """The machinery of every model's BentoML service; a plugin's ``bentoml/service.py`` names it.
 
-Two services per model, BentoML's pattern for adaptive batching behind a richer API:
+The HTTP face is the same in both layouts: ``POST /predict`` with ``{"text": ...}`` or
+``{"texts": [...]}`` and optional ``top_k``; the request is validated (4xx with a clear
+message), predictions per class and latency are counted for Prometheus (``/metrics``, next
+to BentoML's own). ``/readyz`` and ``/livez`` are BentoML's; ``/readyz`` answers 503 until the
+model is loaded, and 503 with the reason when it failed to load.
+:mod:`ktt_core.serving.guard` stands in front of it (body cap, 415). Each prediction also
+goes to the drift monitor, without waiting for it (:class:`ktt_core.monitoring.client.MonitorClient`).
 
-- ``<Name>Runner`` holds the model and one batchable method, ``classify(texts)``: BentoML
-  gathers the texts of concurrent requests into batches (``KTT_MAX_BATCH_SIZE``,
-  ``KTT_MAX_LATENCY_MS``). It also hands each prediction to the drift monitor, without
-  waiting for it (:class:`ktt_core.monitoring.client.MonitorClient`).
-- ``<Name>Service`` is the HTTP face: ``POST /predict`` with ``{"text": ...}`` or
-  ``{"texts": [...]}`` and optional ``top_k``; it validates the request (4xx with a
-  clear message), calls the runner and counts predictions per class and latency for
-  Prometheus (``/metrics``, next to BentoML's own). ``/readyz`` and ``/livez`` are BentoML's;
-  ``/readyz`` answers 503 until the runner has loaded the model, and 503 with the reason
-  when it failed to. :mod:`ktt_core.serving.guard` stands in front of it (body cap, 415).
+Where the model runs is the layout (``KTT_SERVICE_LAYOUT``, ``ktt serve --layout``):
 
-A plugin declares its services in one line (see :func:`define_service`).
+- ``single`` (default): one process holds the model and answers HTTP; the texts of
+  concurrent requests share model calls through :class:`ktt_core.serving.batching.MicroBatcher`.
+  No hop between processes, no second copy of each request: the fastest on one machine.
+- ``split``: BentoML's two-service pattern. ``<Name>Runner`` holds the model behind one
+  batchable method, ``classify(texts)`` (BentoML's adaptive batching); ``<Name>Service``
+  validates and calls it over a local HTTP hop. It pays where the HTTP work deserves cores
+  of its own: several API workers (``--api-workers``) feeding one model copy on a GPU.
+
+Batches hold at most ``KTT_MAX_BATCH_SIZE`` texts; a request waits at most
+``KTT_MAX_LATENCY_MS`` for the model (503 after that). A plugin declares its services in
+one line (see :func:`define_service`).
 """
 from __future__ import annotations
 
@@ -82,8 +89,9 @@ class PredictRequest(IODescriptor):
     top_k: Any = 1
 
 
-class KttRunner:
-    """Loads the stored model and classifies batches of texts (see the module docstring)."""
+class ModelHost:
+    """Loads the stored model and classifies batches of texts: the runner of the split
+    layout, the whole service of the single one."""
 
     model_name: str = ""
     settings: ServiceSettings
@@ -96,14 +104,14 @@ class KttRunner:
         try:
             self._load()
         except Exception as e:  # noqa: BLE001 - any load failure: stay up, not ready, say why
-            # Raising here would make BentoML restart the worker forever while /readyz of the
-            # API service still said ready; instead the runner lives on, not ready, and /status
-            # carries the reason to the API's /readyz and to ``ktt serve``.
+            # Raising here would make BentoML restart the worker forever while /readyz
+            # said nothing useful; instead the process lives on, not ready, and /readyz
+            # (through the runner's /status in the split layout) tells ``ktt serve`` why.
             from ktt_core.secrets import mask_secrets
 
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.load_error = mask_secrets(first if isinstance(e, KttError) else f"{type(e).__name__}: {first}")
-            logging.getLogger("ktt").error("runner of %s: the model failed to load: %s",
+            logging.getLogger("ktt").error("service of %s: the model failed to load: %s",
                                            self.model_name, self.load_error)
 
     def _load(self) -> None:
@@ -122,9 +130,9 @@ class KttRunner:
             threads = self.settings.torch_threads or threads
             torch.set_num_threads(threads)
         self.predictor = load_predictor(self.stored_model.path, self.settings.runtime)
-        logging.getLogger("ktt").warning("runner of %s: runtime %s, batches of up to %d, %d threads",
-                                         self.model_name, self.settings.runtime, self.settings.max_batch_size,
-                                         threads)
+        logging.getLogger("ktt").warning("model %s: runtime %s, layout %s, batches of up to %d, %d threads",
+                                         self.model_name, self.settings.runtime, self.settings.layout,
+                                         self.settings.max_batch_size, threads)
         if self.settings.monitor_url:
             from ktt_core.monitoring.client import MonitorClient
 
@@ -136,11 +144,6 @@ class KttRunner:
             self.monitor = MonitorClient(self.settings.monitor_url, queue_size=self.settings.monitor_queue,
                                          on_sent=sent.inc, on_dropped=dropped.inc)
 
-    @bentoml.api(route="/status")
-    def status(self) -> dict:
-        """``{"error": null}`` when the model is loaded, else the reason it is not."""
-        return {"error": self.load_error}
-
     def _classify(self, texts: list[str]) -> list[dict]:
         from ktt_core.decoding import describe_all
         from ktt_core.hierarchy import format_path
@@ -148,6 +151,8 @@ class KttRunner:
         if self.load_error is not None:
             raise ServiceUnavailable(f"the model failed to load: {self.load_error}")
 
+        _metric("Histogram", "ktt_batch_size", "Texts per model call (adaptive batching)", labelnames=["model"],
+                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)).labels(model=self.model_name).observe(len(texts))
         predictions, features = self.predictor.run(texts)
         s = self.settings
         results = describe_all(self.predictor.hierarchy, predictions, s.max_top_k, s.decoding, s.threshold)
@@ -158,38 +163,28 @@ class KttRunner:
 
 
 class KttApi:
-    """``POST /predict``: validation, the call to the runner, KTT's Prometheus metrics."""
+    """``POST /predict``: validation, the model call (:meth:`classify`), KTT's Prometheus metrics."""
 
     model_name: str = ""
     settings: ServiceSettings
-    runner: Any
 
-    def __init__(self) -> None:
+    def _init_metrics(self) -> None:
         self.predicted = _metric("Counter", "ktt_predictions", "Predictions served, per predicted class",
                                  labelnames=["model", "label"])
         self.latency = _metric("Histogram", "ktt_request_latency_seconds", "Time to answer POST /predict",
                                labelnames=["model"],
                                buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
-    async def __is_ready__(self) -> bool:
-        """BentoML's /readyz: ready when the runner has loaded the model; 503 with the reason
-        when it failed to; not ready (503) while the runner does not answer yet."""
-        try:
-            status = await self.runner.to_async.status()
-        except Exception:  # noqa: BLE001 - the runner is still starting (or gone): not ready
-            return False
-        if status.get("error"):
-            from starlette.exceptions import HTTPException
-
-            raise HTTPException(status_code=503, detail=NOT_READY + status["error"])
-        return True
+    async def classify(self, texts: list[str]) -> list[dict]:
+        """The model's results for ``texts``, batched with other requests' (by the layout)."""
+        raise NotImplementedError
 
     @bentoml.api(route="/predict", input_spec=PredictRequest)
     async def predict(self, text: Any = None, texts: Any = None, top_k: Any = 1) -> dict:
         """Predict the label path of ``text`` or of each of ``texts``."""
         started = time.perf_counter()
         batch = validate_request(text, texts, top_k, self.settings)
-        results = await self.runner.to_async.classify(batch)
+        results = await self.classify(batch)
         out = []
         for item, result in zip(batch, results):
             label = " > ".join(result["path"])
@@ -201,36 +196,107 @@ class KttApi:
         return {"model": self.model_name, "predictions": out}
 
 
+def not_ready(error: str | None) -> bool:
+    """True, or the 503 that /readyz answers when the model failed to load (``error``)."""
+    if error:
+        from starlette.exceptions import HTTPException
+
+        raise HTTPException(status_code=503, detail=NOT_READY + error)
+    return True
+
+
+class KttSingleService(ModelHost, KttApi):
+    """Layout ``single``: the model and the HTTP face in one process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        from ktt_core.serving.batching import MicroBatcher
+
+        ModelHost.__init__(self)
+        self._init_metrics()
+        self.batcher = MicroBatcher(self._classify, self.settings.max_batch_size, self.settings.max_latency_ms)
+
+    async def __is_ready__(self) -> bool:
+        """BentoML's /readyz: the model is loaded in ``__init__``; 503 with the reason if it failed."""
+        return not_ready(self.load_error)
+
+    async def classify(self, texts: list[str]) -> list[dict]:
+        from ktt_core.serving.batching import Overloaded
+
+        if self.load_error is not None:
+            raise ServiceUnavailable(f"the model failed to load: {self.load_error}")
+        try:
+            return await self.batcher.submit(texts)
+        except Overloaded as e:
+            raise ServiceUnavailable(str(e)) from None
+
+
+class KttRunner(ModelHost):
+    """Layout ``split``: the model behind a batchable ``classify`` (added by :func:`define_service`)."""
+
+    @bentoml.api(route="/status")
+    def status(self) -> dict:
+        """``{"error": null}`` when the model is loaded, else the reason it is not."""
+        return {"error": self.load_error}
+
+
+class KttSplitService(KttApi):
+    """Layout ``split``: the HTTP face, calling the runner service over BentoML's local hop."""
+
+    runner: Any
+
+    def __init__(self) -> None:
+        self._init_metrics()
+
+    async def __is_ready__(self) -> bool:
+        """BentoML's /readyz: ready when the runner has loaded the model; 503 with the reason
+        when it failed to; not ready (503) while the runner does not answer yet."""
+        try:
+            status = await self.runner.to_async.status()
+        except Exception:  # noqa: BLE001 - the runner is still starting (or gone): not ready
+            return False
+        return not_ready(status.get("error"))
+
+    async def classify(self, texts: list[str]) -> list[dict]:
+        return await self.runner.to_async.classify(texts)
+
+
 # BentoML 1.4 renews the API -> runner HTTP session every 100 requests and closes the old one
 # while concurrent requests still use it ("Connector is closed", HTTP 500 under load).
 NO_SESSION_REFRESH = {"max_requests": 2**31 - 1, "max_age": 10.0 ** 9}
 
 
 def define_service(model_name: str, module: str, prefix: str):
-    """The runner and API service classes of ``model_name``, to assign in the plugin's module:
+    """The runner and the HTTP service classes of ``model_name``, to assign in the plugin's module:
 
     ``DbLinearRunner, DbLinearService = define_service("db_linear", __name__, "DbLinear")``
+
+    ``<Prefix>Service`` is what ``bentoml serve`` runs. In the ``single`` layout it holds the
+    model itself and ``<Prefix>Runner`` is None; in the ``split`` layout it depends on the runner.
     """
     settings = ServiceSettings.from_env(model_name)
+    stored_model = bentoml.models.BentoModel(settings.model_tag)
+    names = {"__module__": module, "model_name": model_name, "settings": settings}
+    if settings.layout == "single":
+        api_cls = type(f"{prefix}Service", (KttSingleService,), {
+            **names, "__qualname__": f"{prefix}Service", "stored_model": stored_model})
+        runner = None
+    else:
+        def classify(self, texts: list[str]) -> list[dict]:
+            return self._classify(texts)
 
-    def classify(self, texts: list[str]) -> list[dict]:
-        return self._classify(texts)
-
-    classify.__doc__ = "Classify a batch of texts (BentoML batches concurrent requests)."
-    runner_cls = type(f"{prefix}Runner", (KttRunner,), {
-        "__module__": module, "__qualname__": f"{prefix}Runner", "model_name": model_name,
-        "settings": settings, "stored_model": bentoml.models.BentoModel(settings.model_tag),
-        "classify": bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
-                                max_latency_ms=settings.max_latency_ms)(classify),
-    })
-    runner = bentoml.service(name=f"{prefix.lower()}-runner", workers=1, runner_connection=NO_SESSION_REFRESH)(
-        runner_cls)
-    api_cls = type(f"{prefix}Service", (KttApi,), {
-        "__module__": module, "__qualname__": f"{prefix}Service", "model_name": model_name,
-        "settings": settings, "runner": bentoml.depends(runner),
-    })
+        classify.__doc__ = "Classify a batch of texts (BentoML batches concurrent requests)."
+        runner_cls = type(f"{prefix}Runner", (KttRunner,), {
+            **names, "__qualname__": f"{prefix}Runner", "stored_model": stored_model,
+            "classify": bentoml.api(batchable=True, max_batch_size=settings.max_batch_size,
+                                    max_latency_ms=settings.max_latency_ms)(classify),
+        })
+        runner = bentoml.service(name=f"{prefix.lower()}-runner", workers=1,
+                                 runner_connection=NO_SESSION_REFRESH)(runner_cls)
+        api_cls = type(f"{prefix}Service", (KttSplitService,), {
+            **names, "__qualname__": f"{prefix}Service", "runner": bentoml.depends(runner)})
     api = bentoml.service(name=f"{prefix.lower()}", workers=1, traffic={"timeout": 60},
-                          runner_connection=NO_SESSION_REFRESH)(api_cls)
+                          runner_connection=NO_SESSION_REFRESH,
+                          logging={"access": {"enabled": settings.access_log}})(api_cls)
     # The public face sheds oversized, non-JSON and abandoned requests. The runner is reached
     # only by this API, with bodies it has already capped (and in BentoML's own encoding).
     guard(api, settings.max_request_bytes)
