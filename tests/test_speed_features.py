@@ -84,3 +84,21 @@ def test_compile_trains_and_saves_a_usable_checkpoint(ktt, synthetic_csv, tiny_e
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert json.loads(ktt("test", "db_linear", "shop", "--json").output)["rows"] > 0
+
+
+def test_inference_batches_cut_where_a_long_row_would_pad_the_short_ones():
+    import numpy as np
+
+    from ktt_core.data.batches import CPU_SPLIT_TOKENS, eval_batches
+
+    lengths = np.array([40, 5, 6, 5, 41, 5, 6, 5, 5, 6, 5, 39, 5])
+    plain = eval_batches(lengths, 64)
+    assert len(plain) == 1 and sorted(plain[0]) == list(range(len(lengths)))
+    cut = eval_batches(lengths, 64, split_tokens=CPU_SPLIT_TOKENS)
+    assert [sorted(int(lengths[i]) for i in b) for b in cut] == [[5] * 7 + [6] * 3, [39, 40, 41]]
+    # Sorted lengths that grow a token at a time are never cut below the batch size.
+    steady = eval_batches(np.arange(10, 140), 64, split_tokens=CPU_SPLIT_TOKENS)
+    assert [len(b) for b in steady] == [64, 64, 2]
+    # Across two processes each row is scored exactly once.
+    shares = [r for rank in (0, 1) for b in eval_batches(lengths, 4, rank, 2, CPU_SPLIT_TOKENS) for r in b]
+    assert sorted(shares) == list(range(len(lengths)))
