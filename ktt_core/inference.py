@@ -50,20 +50,24 @@ def score_split(model, split: EncodedSplit, batch_size: int | None = None, desc:
                 return model.forward_with_features(ids, mask)
             return forward(ids, mask), None
 
-    for batch, ids, mask in _batches(model, split, batch_size, desc, cluster):
-        outputs, pooled = retry_in_fp32(model.device, precision, run_batch, ids, mask)
-        # Loss and scores from float32 outputs, outside autocast: under bf16 only the
-        # encoder and head ran in bf16, and every figure reported is computed in float32.
-        outputs = as_float32(outputs)
-        if pooled is not None:
-            parts["features"].append(pooled.float().cpu())
-        if has_targets:
-            loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)).float() * len(ids)
-        paths, levels = model.head_scores(outputs)
-        parts["rows"].append(batch["rows"])
-        parts["paths"].append(paths.cpu())
-        if levels is not None:
-            parts["levels"].append(levels.cpu())
+    # One autocast region around all batches: under bf16, autocast casts each weight once
+    # per region and caches it, instead of once per batch (the inner regions nest in it).
+    with autocast(model.device, precision):
+        for batch, ids, mask in _batches(model, split, batch_size, desc, cluster):
+            outputs, pooled = retry_in_fp32(model.device, precision, run_batch, ids, mask)
+            # Loss and scores from float32 outputs, with autocast off: under bf16 only the
+            # encoder and head ran in bf16, and every figure reported is computed in float32.
+            with torch.autocast(model.device.type, enabled=False):
+                outputs = as_float32(outputs)
+                if pooled is not None:
+                    parts["features"].append(pooled.float().cpu())
+                if has_targets:
+                    loss_sum += model.head.loss(outputs, batch["targets"].to(model.device)).float() * len(ids)
+                paths, levels = model.head_scores(outputs)
+            parts["rows"].append(batch["rows"])
+            parts["paths"].append(paths.cpu())
+            if levels is not None:
+                parts["levels"].append(levels.cpu())
     local = {k: torch.cat(v).numpy() if v else None for k, v in parts.items()}
     local["loss"] = float(loss_sum)
     out = {"paths": np.empty((len(split), h.n_leaves), dtype=np.float32), "levels": None, "features": None}
@@ -101,8 +105,9 @@ def encoder_features(model, split: EncodedSplit, batch_size: int | None = None) 
         with autocast(model.device, precision):
             return model.encode(ids, mask)
 
-    for batch, ids, mask in _batches(model, split, batch_size, "encode (frozen encoder)"):
-        out[batch["rows"]] = retry_in_fp32(model.device, precision, encode, ids, mask).float().cpu()
+    with autocast(model.device, precision):  # weights cast once, as in score_split
+        for batch, ids, mask in _batches(model, split, batch_size, "encode (frozen encoder)"):
+            out[batch["rows"]] = retry_in_fp32(model.device, precision, encode, ids, mask).float().cpu()
     return out
 
 
