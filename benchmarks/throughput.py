@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from ktt_core.config import parse_set_options, resolve_config  # noqa: E402
 from ktt_core.data.batches import encode_texts  # noqa: E402
-from ktt_core.cpu import check_threads  # noqa: E402
+from ktt_core.cpu import check_threads, describe_threads  # noqa: E402
 from ktt_core.devices import available_cpus, describe_precision, resolve_device, seed_everything, use_threads  # noqa: E402
 from ktt_core.hierarchy import Hierarchy  # noqa: E402
 from ktt_core.scoring import predict as predict_texts  # noqa: E402
@@ -422,6 +422,9 @@ def main(argv=None) -> dict:
     started = run_started()
     wall0 = started["clock"]
     device = resolve_device(args.device)
+    # The competing load starts first: the default thread count looks at how busy the CPUs are.
+    load = contextlib.ExitStack()
+    load.enter_context(competing_load(args.competing_load))
     use_threads(check_threads(args.threads))  # as ktt train does, for both paths
     texts, paths, val_texts, val_paths, hierarchy, source = load_rows(args.data, args.rows, args.val_rows, args.seed)
 
@@ -450,11 +453,11 @@ def main(argv=None) -> dict:
 
     precision = describe_precision(device, config["precision"])
     log(f"{MODEL}, encoder {config['encoder']} ({n_params / 1e6:.1f}M parameters), device {device}, "
-        f"KTT precision {precision}, {torch.get_num_threads()} torch threads, "
+        f"KTT precision {precision}, torch {describe_threads(torch.get_num_threads())}, "
         f"{args.rows} rows (+{args.val_rows} val rows for fit) from {source}")
     if args.competing_load:
         log(f"competing load: {args.competing_load} busy-looping processes during every measurement")
-    with competing_load(args.competing_load):
+    with load:
         results = measure(args, model, plugins, config, texts, paths, val_texts, val_paths, targets, device,
                           memory, restore, log)
     report = {

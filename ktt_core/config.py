@@ -30,7 +30,7 @@ ENCODER_DEFAULTS: dict[str, Any] = {
     "pooling": "mean",               # mean | cls: how token states become one text vector
     "max_length": 64,                # tokens per text
     "train_batch_size": 32,
-    "eval_batch_size": 64,
+    "eval_batch_size": 256,          # capped by tokens per batch (data.batches.MAX_EVAL_TOKENS)
     "epochs": 3,
     # Chosen for the packaged MiniLM with a freshly initialised head (docs/quality.md):
     # the original KTT's 1e-5 for both, tuned for DistilBERT over many epochs, leaves the
@@ -182,7 +182,7 @@ DESCRIPTIONS = {
     "pooling": "how token states become one text vector",
     "max_length": "tokens read per text (longer texts are cut)",
     "train_batch_size": "texts per training step",
-    "eval_batch_size": "texts per batch when scoring",
+    "eval_batch_size": "texts per batch when scoring (at most 16384 tokens per batch)",
     "epochs": "passes over the training split",
     "encoder_lr": "learning rate of the encoder",
     "classifier_lr": "learning rate of the head",

@@ -571,9 +571,9 @@ def _device(name: str, threads: int | None = None):
 
 
 def _describe_threads() -> str:
-    """``"threads 2 (2 CPUs available)"``: torch's CPU threads now, and what this process may use."""
+    """``"threads 2 (2 CPUs available, 1.9 idle)"``: torch's CPU threads now, and why."""
     import torch
 
-    from ktt_core.cpu import available_cpus
+    from ktt_core.cpu import describe_threads
 
-    return f"threads {torch.get_num_threads()} ({available_cpus()} CPUs available)"
+    return describe_threads(torch.get_num_threads())

@@ -155,11 +155,27 @@ def test_a_quota_on_an_ancestor_cgroup_counts(tmp_path, four_cpus):
 
 def test_default_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert cpu.default_threads() == cpu.available_cpus() >= 1
+    monkeypatch.setattr(cpu, "available_cpus", lambda: 4)
+    monkeypatch.setattr(cpu, "idle_cpus", lambda interval=0.2: 3.9)  # an idle machine
+    assert cpu.default_threads() == 4
+    assert cpu.describe_threads(4) == "threads 4 (4 CPUs available, 3.9 idle)"
+    monkeypatch.setattr(cpu, "idle_cpus", lambda interval=0.2: 1.4)  # other work keeps 2.6 CPUs busy
+    assert cpu.default_threads() == 1
+    monkeypatch.setattr(cpu, "idle_cpus", lambda interval=0.2: 0.0)  # all busy: still one thread
+    assert cpu.default_threads() == 1
+    assert cpu.default_threads(watch_load=False) == 4  # a server does not judge by its start
+    monkeypatch.setattr(cpu, "idle_cpus", lambda interval=0.2: None)  # no counters: no opinion
+    assert cpu.default_threads() == 4
+    assert cpu.describe_threads(3) == "threads 3 (--threads; 4 CPUs available)"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a launcher's choice (torchrun: 1 per process)
     assert cpu.default_threads() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "nonsense")
-    assert cpu.default_threads() == cpu.available_cpus()
+    assert cpu.default_threads() == 4
+
+
+def test_idle_cpus_reads_this_machine():
+    idle = cpu.idle_cpus(0.05)
+    assert idle is not None and 0 <= idle <= cpu.available_cpus() + 1e-6
 
 
 # -- the commands --------------------------------------------------------------------------------
@@ -181,7 +197,7 @@ def test_train_says_threads_and_precision(ktt, synthetic_csv, tiny_encoder, work
     train = ("train", "db_linear", "shop", "--epochs", 1, "--set", f"encoder={tiny_encoder}",
              "--set", "train_batch_size=16", "--threads", 1)
     header = _header(ktt(*train).output)
-    assert f"threads 1 ({cpu.available_cpus()} CPUs available)" in header, header
+    assert f"threads 1 (--threads; {cpu.available_cpus()} CPUs available)" in header, header
     assert "precision fp32 (KTT_CPU_BF16=0)" in header, header  # as tests/conftest.py sets it
     assert torch.get_num_threads() == 1
     header = _header(ktt(*train, "--set", "precision=fp32").output)

@@ -99,6 +99,10 @@ def test_inference_batches_cut_where_a_long_row_would_pad_the_short_ones():
     # Sorted lengths that grow a token at a time are never cut below the batch size.
     steady = eval_batches(np.arange(10, 140), 64, split_tokens=CPU_SPLIT_TOKENS)
     assert [len(b) for b in steady] == [64, 64, 2]
+    # Long texts go fewer at a time: a batch holds at most max_tokens positions.
+    long = eval_batches(np.full(100, 512), 256, max_tokens=16384)
+    assert [len(b) for b in long] == [32, 32, 32, 4]
+    assert [len(b) for b in eval_batches(np.array([20000, 5]), 256, max_tokens=16384)] == [1, 1]
     # Across two processes each row is scored exactly once.
     shares = [r for rank in (0, 1) for b in eval_batches(lengths, 4, rank, 2, CPU_SPLIT_TOKENS) for r in b]
     assert sorted(shares) == list(range(len(lengths)))

@@ -155,18 +155,24 @@ def train_loader(split: EncodedSplit, batch_size: int, seed: int, group_by_lengt
 #: instead of stretching every row to its length.
 CPU_SPLIT_TOKENS = 64
 
+#: Token positions an inference batch may hold (rows x its longest row), whatever
+#: ``eval_batch_size`` says: 256 titles of 20 tokens fit in one batch, texts of 512 tokens
+#: go 32 at a time, so a large batch size is safe for long texts too.
+MAX_EVAL_TOKENS = 16384
+
 
 def eval_batches(lengths: np.ndarray, batch_size: int, rank: int = 0, world: int = 1,
-                 split_tokens: int | None = None) -> list[list[int]]:
+                 split_tokens: int | None = None, max_tokens: int = MAX_EVAL_TOKENS) -> list[list[int]]:
     """Row indices in batches sorted by length (order does not matter for inference, padding
-    does), at most ``batch_size`` rows each; with ``split_tokens`` a batch also ends where the
-    next row would pad the batch's rows by more than that many tokens in all. With
-    ``world > 1``, this process's share of the rows."""
+    does), at most ``batch_size`` rows and ``max_tokens`` token positions each (one row
+    always fits); with ``split_tokens`` a batch also ends where the next row would pad the
+    batch's rows by more than that many tokens in all. With ``world > 1``, this process's
+    share of the rows."""
     order = np.argsort(lengths, kind="stable")[rank::world]
     batches, current, longest = [], [], 0
     for row in order.tolist():
         length = int(lengths[row])
-        if current and (len(current) == batch_size
+        if current and (len(current) == batch_size or (len(current) + 1) * length > max_tokens
                         or (split_tokens is not None and len(current) * (length - longest) > split_tokens)):
             batches.append(current)
             current = []

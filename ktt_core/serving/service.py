@@ -24,6 +24,7 @@ one line (see :func:`define_service`).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -123,11 +124,11 @@ class ModelHost:
         # Not torch's default of one thread per CPU of the machine: a container limited to a
         # few of them would overcommit them. ktt serve --threads N sets KTT_TORCH_THREADS and
         # OMP_NUM_THREADS; onnxruntime reads the latter (ktt_core.onnx_runtime's default).
-        threads = default_threads()
+        threads = self.settings.torch_threads or default_threads(watch_load=False)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # onnxruntime's count (--runtime onnx)
         if self.settings.runtime == "torch":
             import torch
 
-            threads = self.settings.torch_threads or threads
             torch.set_num_threads(threads)
         self.predictor = load_predictor(self.stored_model.path, self.settings.runtime)
         logging.getLogger("ktt").warning("model %s: runtime %s, layout %s, batches of up to %d, %d threads",
