@@ -284,7 +284,7 @@ def _threads_option(f):
     """``--threads N``: the CPU threads of a command that runs a model."""
     return click.option("--threads", type=int, default=None, metavar="N",
                         help="CPU threads (default: the CPUs this process may use, from its CPU affinity "
-                             "and cgroup quota; OMP_NUM_THREADS when set).")(f)
+                             "and cgroup quota, less those other work keeps busy; OMP_NUM_THREADS when set).")(f)
 
 
 def _threads(threads: int | None) -> int:
@@ -675,6 +675,9 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @click.option("--layout", type=click.Choice(["single", "split"]), default="single", show_default=True,
               help="single: the model in the HTTP process (fastest on one machine); split: BentoML's "
                    "API + runner services.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Serving processes, each with its own model copy (single layout) sharing the port; "
+                   "with N > 1 each gets CPUs/N threads unless --threads says otherwise.")
 @click.option("--access-log", is_flag=True, help="Log a line per request (off by default: it costs throughput; "
                                                    "/metrics counts requests and latency).")
 @click.option("--monitoring", is_flag=True, help="Also run the drift monitor and send it every prediction.")
@@ -689,14 +692,16 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @_threads_option
 @click.pass_context
 def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, quantize, max_batch_size, max_latency_ms,
-          layout, access_log, monitoring, monitor_port, max_request_mb, decoding, threshold, threads):
+          layout, workers, access_log, monitoring, monitor_port, max_request_mb, decoding, threshold, threads):
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
-    threads = _threads(threads)
+    # Checked when given; else the service sizes itself (a server does not judge by the load
+    # at its start, see ktt_core.cpu.default_threads).
+    threads = _threads(threads) if threads is not None else None
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
                          runtime=runtime, quantize=quantize, max_batch_size=max_batch_size,
-                         max_latency_ms=max_latency_ms, layout=layout, access_log=access_log,
+                         max_latency_ms=max_latency_ms, layout=layout, workers=workers, access_log=access_log,
                          monitoring=monitoring, monitor_port=monitor_port or port + 1,
                          max_request_bytes=int(max_request_mb * 2**20) if max_request_mb else None,
                          decoding=decoding, threshold=threshold, threads=threads, echo=click.echo)

@@ -266,19 +266,23 @@ def test_health_metrics_and_adaptive_batching(server):
     assert sum(sizes.values()) / sum(calls.values()) > 1.5, (sizes, calls)
 
 
-def test_split_layout_serves_the_same_answers_through_a_runner(trained):
-    """`ktt serve --layout split`: BentoML's API + runner services answer as `ktt predict` does,
-    batch concurrent requests, and report batch sizes from the runner."""
+@pytest.mark.parametrize("layout, workers", [("split", 1), ("single", 2)])
+def test_other_layouts_serve_the_same_answers(trained, layout, workers):
+    """`ktt serve --layout split` (BentoML's API + runner services) and `--workers 2` (two
+    serving processes, a model copy each) answer as `ktt predict` does and batch concurrent
+    requests."""
     import asyncio
 
-    from ktt_core.serving.launch import stop_service, wait_ready
+    import psutil
+
+    from ktt_core.serving.launch import process_tree, stop_service, wait_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with open(trained.parent / "serve-split.log", "w") as log:
+    with open(trained.parent / f"serve-{layout}-{workers}.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ktt_core", "--workspace", str(trained), "serve", MODEL, "shop",
-             "--host", "127.0.0.1", "--port", str(port), "--layout", "split"],
+             "--host", "127.0.0.1", "--port", str(port), "--layout", layout, "--workers", str(workers)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_ready(process, url, timeout=240)
@@ -296,8 +300,19 @@ def test_split_layout_serves_the_same_answers_through_a_runner(trained):
                 assert p["path"] == expected[p["text"]], p
             metrics = httpx.get(f"{url}/metrics").text
             calls = sum(metric_values(metrics, "ktt_batch_size_count").values())
-            assert 0 < calls < len(answers)  # the runner batched concurrent requests
-            assert metric_values(metrics, "bentoml_service_adaptive_batch_size_count")  # BentoML's batching
+            assert 0 < calls < len(answers)  # concurrent requests shared model calls
+            services = []
+            for proc in process_tree(process.pid):
+                try:
+                    if "_bentoml_impl.worker.service" in " ".join(proc.cmdline()):
+                        services.append(proc)
+                except psutil.NoSuchProcess:
+                    continue
+            if layout == "split":
+                assert metric_values(metrics, "bentoml_service_adaptive_batch_size_count")  # BentoML's batching
+                assert len(services) == 2  # the API and the runner
+            else:
+                assert len(services) == workers
         finally:
             stop_service(process, grace=30)
 

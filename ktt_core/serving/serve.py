@@ -9,7 +9,7 @@ from ktt_core.errors import KttError
 def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, host: str, port: int,
           runtime: str = "torch", quantize: str | None = None, max_batch_size: int = 64,
           max_latency_ms: int = 2000, layout: str = "single",
-          access_log: bool = False, monitoring: bool = False, monitor_port: int | None = None,
+          workers: int = 1, access_log: bool = False, monitoring: bool = False, monitor_port: int | None = None,
           max_request_bytes: int | None = None, decoding: str = "consistent", threshold: float | None = None,
           threads: int | None = None, echo: Callable = print) -> int:
     """Serve until Ctrl-C; with ``monitoring`` the drift monitor runs beside it. Returns an exit code.
@@ -19,7 +19,8 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
     the model runner's CPU threads (``KTT_TORCH_THREADS`` and ``OMP_NUM_THREADS``; None: the
     service's default, :func:`ktt_core.cpu.default_threads`). ``layout``: ``single`` (the
     model in the HTTP process) or ``split`` (BentoML's API + runner), see
-    :mod:`ktt_core.serving.service`."""
+    :mod:`ktt_core.serving.service`. ``workers`` processes serve side by side, each with
+    ``available CPUs / workers`` threads unless ``threads`` is given."""
     from ktt_core.export import export_with_hook
     from ktt_core.export.bento import model_tag_name, save_model
     from ktt_core.jobs import load_model, resolve_checkpoint
@@ -70,7 +71,11 @@ def serve(ws, plugins, model_name: str, dataset: str, run_dir, checkpoint, *, ho
     echo(f"serving {tag} ({runtime}{' ' + quantize if quantize else ''}, {layout} layout) from {path}")
     env = {"KTT_MODEL": model_name, "KTT_BENTO_MODEL": tag, "KTT_RUNTIME": runtime,
            "KTT_MAX_BATCH_SIZE": max_batch_size, "KTT_MAX_LATENCY_MS": max_latency_ms, "KTT_DECODING": decoding,
-           "KTT_SERVICE_LAYOUT": layout, "KTT_ACCESS_LOG": int(access_log)}
+           "KTT_SERVICE_LAYOUT": layout, "KTT_ACCESS_LOG": int(access_log), "KTT_WORKERS": workers}
+    if threads is None and workers > 1:  # the CPUs shared out, not each worker taking them all
+        from ktt_core.cpu import available_cpus
+
+        threads = max(1, available_cpus() // workers)
     if threshold is not None:  # compared with calibrated confidences, as ktt predict does
         env["KTT_THRESHOLD"] = threshold
     if max_request_bytes:

@@ -295,7 +295,7 @@ def define_service(model_name: str, module: str, prefix: str):
                                  runner_connection=NO_SESSION_REFRESH)(runner_cls)
         api_cls = type(f"{prefix}Service", (KttSplitService,), {
             **names, "__qualname__": f"{prefix}Service", "runner": bentoml.depends(runner)})
-    api = bentoml.service(name=f"{prefix.lower()}", workers=1, traffic={"timeout": 60},
+    api = bentoml.service(name=f"{prefix.lower()}", workers=settings.workers, traffic={"timeout": 60},
                           runner_connection=NO_SESSION_REFRESH,
                           logging={"access": {"enabled": settings.access_log}})(api_cls)
     # The public face sheds oversized, non-JSON and abandoned requests. The runner is reached

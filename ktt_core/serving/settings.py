@@ -48,6 +48,7 @@ class ServiceSettings:
     model_tag: str          # BentoML model store tag (KTT_BENTO_MODEL)
     runtime: str            # torch | onnx (KTT_RUNTIME)
     layout: str             # single | split: model in the HTTP process or behind a runner (KTT_SERVICE_LAYOUT)
+    workers: int            # processes serving, each with its own model copy (single) or API (split) (KTT_WORKERS)
     max_batch_size: int     # adaptive batching: texts per model call (KTT_MAX_BATCH_SIZE)
     max_latency_ms: int     # adaptive batching: longest wait for a batch (KTT_MAX_LATENCY_MS)
     max_texts: int          # texts per request (KTT_MAX_TEXTS)
@@ -77,6 +78,7 @@ class ServiceSettings:
             model_tag=_model_tag(model_name),
             runtime=runtime,
             layout=layout,
+            workers=env_int("KTT_WORKERS", 1),
             max_batch_size=env_int("KTT_MAX_BATCH_SIZE", 64),
             max_latency_ms=env_int("KTT_MAX_LATENCY_MS", 2000),
             max_texts=env_int("KTT_MAX_TEXTS", 256),
