@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='texts in each good request (1: {"text": ...}; more: {"texts": [...]})')
     parser.add_argument("--layout", choices=["single", "split"], default="single",
                         help="ktt serve --layout: model in the HTTP process, or BentoML's API + runner")
-    parser.add_argument("--workers", type=int, default=1, help="ktt serve --workers: serving processes")
+    parser.add_argument("--workers", type=int, default=0, help="ktt serve --workers: serving processes (0: its default)")
     parser.add_argument("--bad-share", type=float, default=0.1, help="share of malformed requests")
     parser.add_argument("--texts", type=int, default=500, help="distinct texts, from the dataset's test split")
     parser.add_argument("--max-batch-size", type=int, default=64)
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "ktt_core", "--workspace", str(ws.root), "serve", args.model, args.dataset,
            "--checkpoint", str(checkpoint), "--host", "127.0.0.1", "--port", str(port),
            "--max-batch-size", str(args.max_batch_size), "--max-latency-ms", str(args.max_latency_ms),
-           "--runtime", args.runtime, "--layout", args.layout, "--workers", str(args.workers)]
+           "--runtime", args.runtime, "--layout", args.layout]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
     if args.monitoring:
         cmd += ["--monitoring", "--monitor-port", str(monitor_port)]
     server = subprocess.Popen(cmd, env=bentoml_env({"KTT_TORCH_THREADS": args.torch_threads}), start_new_session=True,
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_after_warmup_mb": round(rss_warm / 2**20, 1), "rss_end_mb": round(rss_end / 2**20, 1),
         "rss_growth": round(rss_end / rss_warm - 1, 4) if rss_warm else None,
         "mean_batch_size": batch, "max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms,
-        "torch_threads": args.torch_threads or "default", "workers": args.workers,
+        "torch_threads": args.torch_threads or "default", "workers": args.workers or "default",
         "monitoring": args.monitoring, "monitor_stopped_after": monitor_stopped["at"],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "python": platform.python_version(),
         "date": datetime.date.today().isoformat(),

@@ -675,9 +675,10 @@ def export(ctx, model, dataset, checkpoint, run_dir, to_onnx, to_bento, build, m
 @click.option("--layout", type=click.Choice(["single", "split"]), default="single", show_default=True,
               help="single: the model in the HTTP process (fastest on one machine); split: BentoML's "
                    "API + runner services.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Serving processes, each with its own model copy (single layout) sharing the port; "
-                   "with N > 1 each gets CPUs/N threads unless --threads says otherwise.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Serving processes sharing the port, each with its own model copy (single layout) and "
+                   "CPUs/N threads unless --threads says otherwise (default: one per CPU, at most 4; "
+                   "split layout: API processes, default 1).")
 @click.option("--access-log", is_flag=True, help="Log a line per request (off by default: it costs throughput; "
                                                    "/metrics counts requests and latency).")
 @click.option("--monitoring", is_flag=True, help="Also run the drift monitor and send it every prediction.")
