@@ -259,3 +259,11 @@ def test_threads_reach_onnxruntime_and_the_service(ktt, monkeypatch, tmp_path):
     assert seen == {"onnx": 3, "serve": cpu.available_cpus()}
     ktt("serve", "db_linear", "shop", "--threads", 2)
     assert seen["serve"] == 2
+
+
+def test_serve_starts_one_worker_per_cpu_up_to_four(monkeypatch):
+    from ktt_core.serving import serve
+
+    for cpus, workers in ((1, 1), (2, 2), (3, 3), (16, serve.MAX_DEFAULT_WORKERS)):
+        monkeypatch.setattr(cpu, "available_cpus", lambda cpus=cpus: cpus)
+        assert serve.default_workers() == workers
