@@ -422,7 +422,7 @@ def main(argv=None) -> dict:
     started = run_started()
     wall0 = started["clock"]
     device = resolve_device(args.device)
-    # The competing load starts first: the default thread count looks at how busy the CPUs are.
+    # The competing load starts first, so that the thread line can say how busy the CPUs are.
     load = contextlib.ExitStack()
     load.enter_context(competing_load(args.competing_load))
     use_threads(check_threads(args.threads))  # as ktt train does, for both paths

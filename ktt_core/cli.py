@@ -284,7 +284,8 @@ def _threads_option(f):
     """``--threads N``: the CPU threads of a command that runs a model."""
     return click.option("--threads", type=int, default=None, metavar="N",
                         help="CPU threads (default: the CPUs this process may use, from its CPU affinity "
-                             "and cgroup quota, less those other work keeps busy; OMP_NUM_THREADS when set).")(f)
+                             "and cgroup quota; OMP_NUM_THREADS when set). On cores other work keeps busy, fewer "
+                             "threads run faster: the log line says so.")(f)
 
 
 def _threads(threads: int | None) -> int:
@@ -697,8 +698,7 @@ def serve(ctx, model, dataset, checkpoint, run_dir, host, port, runtime, quantiz
     """Serve a trained MODEL over HTTP with BentoML (POST /predict, /metrics, /readyz)."""
     from ktt_core.serving import serve as serving
 
-    # Checked when given; else the service sizes itself (a server does not judge by the load
-    # at its start, see ktt_core.cpu.default_threads).
+    # Checked when given; else serve shares the CPUs out among its workers.
     threads = _threads(threads) if threads is not None else None
     code = serving.serve(_workspace(ctx), _plugins(), model, dataset, run_dir, checkpoint, host=host, port=port,
                          runtime=runtime, quantize=quantize, max_batch_size=max_batch_size,

@@ -184,49 +184,57 @@ last_choice: dict = {}
 
 
 def idle_cpus(interval: float = IDLE_SAMPLE_SECONDS) -> float | None:
-    """How many of this process's CPUs (its affinity) sat idle over ``interval`` seconds,
-    from the kernel's per-CPU counters (psutil); None where they cannot be read.
-
-    This process is asleep while it watches, so what kept the CPUs busy was other work: a
-    training run on a shared machine, a second command, a benchmark's competing load.
-    """
+    """How many of this process's CPUs (its affinity) other work left idle over ``interval``
+    seconds, from the kernel's per-CPU counters (psutil), this process's own use not counted
+    as busy; None where they cannot be read."""
     try:
         import psutil
 
+        own = psutil.Process()
+        own_before = sum(own.cpu_times()[:2])
         busy = psutil.cpu_percent(interval=interval, percpu=True)
+        own_seconds = sum(own.cpu_times()[:2]) - own_before
         cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(len(busy))
     except Exception:  # noqa: BLE001 - no counters (a sandbox, an odd platform): no opinion
         return None
     cpus = [c for c in cpus if c < len(busy)]
-    return sum(1 - busy[c] / 100 for c in cpus) if cpus else None
+    if not cpus:
+        return None
+    idle = sum(1 - busy[c] / 100 for c in cpus) + own_seconds / interval
+    return min(float(len(cpus)), idle)
 
 
-def default_threads(watch_load: bool = True) -> int:
+def default_threads() -> int:
     """The thread count when ``--threads`` is not given: ``OMP_NUM_THREADS`` when set to a
     positive number (the user's or a launcher's choice: torchrun sets 1 per process when it
-    starts several), else :func:`available_cpus`, less the CPUs that other work keeps busy now
-    (:func:`idle_cpus`, rounded; at least 1) when ``watch_load``. A long-lived server does not
-    watch: the load while it starts says little about the load it will serve under.
+    starts several), else :func:`available_cpus`.
 
-    Why the second part: torch's threads wait for each other at every operation, so one
-    thread that shares its core with another process holds all of them back. With two other
-    busy processes on this 2-core machine, 2 threads trained at 22.6 samples/s and 1 thread at
-    33.3, predicted at 62 and 153 texts/s (benchmarks/README.md, "Shared cores").
+    It does not shrink when other work keeps CPUs busy, so that the same command on the same
+    machine computes the same way (the thread count changes float rounding). Instead
+    :func:`describe_threads` says so in the log line and suggests ``--threads``: torch's
+    threads wait for each other at every operation, so a thread that shares its core with
+    another busy process holds all of them back. With two other busy processes on a 2-core
+    machine, 1 thread predicted 2.5x faster than 2 (benchmarks/README.md, "Shared cores").
     """
     value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if value.isdigit() and int(value) >= 1:
         last_choice.update(threads=int(value), reason="OMP_NUM_THREADS")
         return int(value)
     available = available_cpus()
-    idle = idle_cpus() if watch_load and available > 1 else None
-    threads = available if idle is None else max(1, min(available, math.floor(idle + 0.5)))
-    reason = f"{available} CPUs available" + ("" if idle is None else f", {idle:.1f} idle")
-    last_choice.update(threads=threads, reason=reason)
-    return threads
+    reason = f"{available} CPUs available"
+    idle = idle_cpus() if available > 1 else None
+    if idle is not None:
+        free = max(1, math.floor(idle + 0.5))
+        if free < available:
+            reason += (f"; other work keeps {available - idle:.1f} of them busy now: "
+                       f"--threads {free} is faster on shared cores")
+    last_choice.update(threads=available, reason=reason)
+    return available
 
 
 def describe_threads(threads: int) -> str:
-    """``"threads 2 (2 CPUs available, 1.9 idle)"``: the count in use, and why when it was the default."""
+    """``"threads 2 (2 CPUs available)"``: the count in use, and why (with a hint when other
+    work keeps CPUs busy) when it was the default."""
     if last_choice.get("threads") == threads:
         return f"threads {threads} ({last_choice['reason']})"
     return f"threads {threads} (--threads; {available_cpus()} CPUs available)"

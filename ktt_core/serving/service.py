@@ -124,7 +124,7 @@ class ModelHost:
         # Not torch's default of one thread per CPU of the machine: a container limited to a
         # few of them would overcommit them. ktt serve --threads N sets KTT_TORCH_THREADS and
         # OMP_NUM_THREADS; onnxruntime reads the latter (ktt_core.onnx_runtime's default).
-        threads = self.settings.torch_threads or default_threads(watch_load=False)
+        threads = self.settings.torch_threads or default_threads()
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # onnxruntime's count (--runtime onnx)
         if self.settings.runtime == "torch":
             import torch
