@@ -255,5 +255,5 @@ def test_serve_quantize_stores_and_serves_the_int8_export(quantized, monkeypatch
         out = ktt("serve", "db_linear", "shop", "--runtime", "onnx", "--quantize", "int8", "--port", port,
                   expect=None).output
         stored = bento.load_predictor(bento.stored_model_dir(started["KTT_BENTO_MODEL"]), runtime="onnx")
-    assert LINE.search(out) and "(onnx int8)" in out, out
+    assert LINE.search(out) and "(onnx int8, single layout, " in out, out
     assert started["KTT_RUNTIME"] == "onnx" and stored.info["quantized"] == "int8"
