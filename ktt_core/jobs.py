@@ -389,8 +389,9 @@ def test(ws: Workspace, plugins, model_name: str, dataset_name: str, run_dir, ch
                **compute_metrics(h, data.targets, level_ids, predictions.path_probs),
                "loss": predictions.loss,
                **calibration_report(h, predictions, data.targets)}
-    if evaluation.raw is not predictions:
-        metrics.update({f"raw_{k}": v for k, v in calibration_report(h, evaluation.raw, data.targets).items()})
+    # Always there, so that scripts can compare: equal to the calibrated figures when the
+    # calibration kept the raw scores (or --no-calibration).
+    metrics.update({f"raw_{k}": v for k, v in calibration_report(h, evaluation.raw, data.targets).items()})
     if target_precision is not None:
         metrics["target_precision"] = target_precision
     if sweep:

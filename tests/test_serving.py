@@ -279,11 +279,14 @@ def test_other_layouts_serve_the_same_answers(trained, layout, workers):
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # A BentoML home of its own: every `bentoml serve` empties its home's Prometheus folder,
+    # which would take the module's server's metrics away (docs/serving.md, caveats).
+    env = {**os.environ, "BENTOML_HOME": str(trained.parent / f"bentoml-{layout}-{workers}")}
     with open(trained.parent / f"serve-{layout}-{workers}.log", "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ktt_core", "--workspace", str(trained), "serve", MODEL, "shop",
              "--host", "127.0.0.1", "--port", str(port), "--layout", layout, "--workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
             wait_ready(process, url, timeout=240)
             expected = {p["text"]: p["path"] for p in prediction_lines(trained, THRESHOLD_TEXTS)}
