@@ -176,10 +176,10 @@ def _ratio(quota: str, period: str) -> float | None:
     return quota_us / period_us
 
 
-#: How long :func:`idle_cpus` watches the CPUs before a command picks its thread count.
+#: How long :func:`idle_cpus` watches the CPUs when a log line asks how busy they are.
 IDLE_SAMPLE_SECONDS = 0.2
 
-#: What :func:`default_threads` last measured, for the log line (:func:`describe_threads`).
+#: Set by :func:`default_threads`: the count it chose and why, for :func:`describe_threads`.
 last_choice: dict = {}
 
 
@@ -221,23 +221,24 @@ def default_threads() -> int:
         last_choice.update(threads=int(value), reason="OMP_NUM_THREADS")
         return int(value)
     available = available_cpus()
-    reason = f"{available} CPUs available"
-    idle = idle_cpus() if available > 1 else None
-    if idle is not None:
-        free = max(1, math.floor(idle + 0.5))
-        if free < available:
-            reason += (f"; other work keeps {available - idle:.1f} of them busy now: "
-                       f"--threads {free} is faster on shared cores")
-    last_choice.update(threads=available, reason=reason)
+    last_choice.update(threads=available, reason=f"{available} CPUs available")
     return available
 
 
 def describe_threads(threads: int) -> str:
-    """``"threads 2 (2 CPUs available)"``: the count in use, and why (with a hint when other
-    work keeps CPUs busy) when it was the default."""
-    if last_choice.get("threads") == threads:
-        return f"threads {threads} ({last_choice['reason']})"
-    return f"threads {threads} (--threads; {available_cpus()} CPUs available)"
+    """``"threads 2 (2 CPUs available)"``: the count in use and why; when it was the default,
+    also how busy other work keeps the CPUs and which ``--threads`` would be faster. Only
+    the log lines that say it (``ktt train``, the benchmarks) pay for watching the CPUs."""
+    if last_choice.get("threads") != threads:
+        return f"threads {threads} (--threads; {available_cpus()} CPUs available)"
+    reason = last_choice["reason"]
+    idle = idle_cpus() if threads > 1 and reason != "OMP_NUM_THREADS" else None
+    if idle is not None:
+        free = max(1, math.floor(idle + 0.5))
+        if free < threads:
+            reason += (f"; other work keeps {threads - idle:.1f} of them busy now: "
+                       f"--threads {free} is faster on shared cores")
+    return f"threads {threads} ({reason})"
 
 
 def check_threads(threads: int | None) -> int:
