@@ -61,9 +61,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def tree_rss(pid: int, exclude: set[int] = frozenset()) -> int:
-    """Resident memory of a process and all its children, in bytes, less the ``exclude``
-    pids (the drift monitor's: its memory is not the model service's)."""
+def tree_total(pid: int, measure, exclude: set[int] = frozenset()) -> float:
+    """``measure(process)`` summed over a process and all its children, less the ``exclude``
+    pids (the drift monitor's: its use is not the model service's)."""
     import psutil
 
     from ktt_core.serving.launch import process_tree
@@ -72,10 +72,20 @@ def tree_rss(pid: int, exclude: set[int] = frozenset()) -> int:
     for proc in process_tree(pid):
         try:
             if proc.pid not in exclude:
-                total += proc.memory_info().rss
+                total += measure(proc)
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def tree_rss(pid: int, exclude: set[int] = frozenset()) -> int:
+    """Resident memory of a process tree, in bytes (see :func:`tree_total`)."""
+    return tree_total(pid, lambda proc: proc.memory_info().rss, exclude)
+
+
+def tree_cpu_seconds(pid: int, exclude: set[int] = frozenset()) -> float:
+    """CPU seconds (user + system) a process tree used so far (see :func:`tree_total`)."""
+    return tree_total(pid, lambda proc: sum(proc.cpu_times()[:2]), exclude)
 
 
 async def run_load(url: str, texts: list[str], expected: dict[str, list[str]], requests: int,
@@ -162,23 +172,6 @@ async def run_load(url: str, texts: list[str], expected: dict[str, list[str]], r
             "transport_errors": transport_errors, "wrong_answers": len(wrong), "wrong_examples": wrong[:5],
             "good_requests_failed": len(failed), "failed_examples": failed[:5],
             "bad_requests_not_4xx": bad_accepted}
-
-
-def tree_cpu_seconds(pid: int, exclude: set[int] = frozenset()) -> float:
-    """CPU seconds (user + system) used so far by a process and its children, less ``exclude``."""
-    import psutil
-
-    from ktt_core.serving.launch import process_tree
-
-    total = 0.0
-    for proc in process_tree(pid):
-        try:
-            if proc.pid not in exclude:
-                times = proc.cpu_times()
-                total += times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def offline_baseline(predictor, texts: list[str], repeats: int) -> tuple[dict[str, list[str]], float]:
